@@ -1,0 +1,43 @@
+"""The embedded synthetic "shapes" demo: a from-scratch DETR that trains on a laptop CPU.
+
+Run:  python -m detr_jax.main --config=configs/shapes.py --workdir=runs/shapes
+"""
+
+from detr_jax.config_base import base_config
+
+
+def get_config():
+    c = base_config()
+    c.dataset = "shapes"
+    c.num_classes = 6
+    c.total_steps = 1500
+    c.batch_size = 16
+    c.log_every = 50
+    c.eval_every = 0  # only at the end
+    c.checkpoint_every = 500
+    c.max_boxes = 8
+    c.image_buckets = [(96, 96)]
+    c.shapes.num_val = 256
+    c.eval.batch_size = 32
+
+    m = c.model
+    m.backbone = "resnet18"
+    m.backbone_width = 32
+    m.backbone_norm = "bn"
+    m.backbone_frozen_stages = 0
+    m.zero_init_residual = True
+    m.dilation = True  # stride 16: a 6x6 feature map at 96 px
+    m.hidden_dim = 128
+    m.nheads = 8
+    m.enc_layers = 3
+    m.dec_layers = 3
+    m.dim_feedforward = 512
+    m.dropout = 0.0
+    m.num_queries = 20
+
+    o = c.optim
+    o.lr = 2e-4
+    o.backbone_lr_mult = 1.0
+    o.warmup_steps = 100
+    o.schedule = "cosine"
+    return c

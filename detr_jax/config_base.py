@@ -1,0 +1,90 @@
+"""The full set of config fields with DETR's defaults; `configs/*.py` start from `base_config()`.
+
+Top-level fields: `total_steps`, `batch_size` (global), `eval_every`, `checkpoint_every`, ...
+Sub-configs: `model`, `matcher`, `loss`, `optim`, `eval`, and one per dataset (`shapes`, `coco`).
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+
+def base_config() -> ml_collections.ConfigDict:
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    c.dataset = "shapes"
+    c.num_classes = 4
+    c.total_steps = 1000
+    c.batch_size = 16  # global, over all devices and processes
+    c.log_every = 50
+    c.eval_every = 500
+    c.checkpoint_every = 500
+    c.keep_checkpoints = 3
+    c.max_boxes = 8
+    c.image_buckets = [(96, 96)]  # (H, W) canvases the batches are padded to
+    c.use_tensorboard = True
+    c.max_consecutive_nonfinite = 20
+
+    m = c.model = ml_collections.ConfigDict()
+    m.name = "detr"
+    m.backbone = "resnet50"
+    m.backbone_width = 64
+    m.backbone_norm = "frozen_bn"  # frozen_bn (pretrained) | bn | gn (from scratch)
+    m.dilation = False  # DC5
+    m.backbone_frozen_stages = 2  # stem + layer1, as in the original
+    m.zero_init_residual = False
+    m.mask_backbone_features = True
+    m.position_embedding = "sine"  # sine | learned
+    m.hidden_dim = 256
+    m.nheads = 8
+    m.enc_layers = 6
+    m.dec_layers = 6
+    m.dim_feedforward = 2048
+    m.dropout = 0.1
+    m.drop_path = 0.0
+    m.pre_norm = False
+    m.num_queries = 100
+    m.query_init_std = 1.0  # N(0, 1) as nn.Embedding in the original
+    m.dtype = "float32"
+
+    mt = c.matcher = ml_collections.ConfigDict()
+    mt.name = "hungarian_scipy"
+    mt.cost_class = 1.0
+    mt.cost_bbox = 5.0
+    mt.cost_giou = 2.0
+
+    ls = c.loss = ml_collections.ConfigDict()
+    ls.eos_coef = 0.1
+    ls.label_smoothing = 0.0
+    ls.weight_ce = 1.0
+    ls.weight_bbox = 5.0
+    ls.weight_giou = 2.0
+    ls.aux_loss = True
+
+    o = c.optim = ml_collections.ConfigDict()
+    o.lr = 1e-4
+    o.backbone_lr_mult = 0.1
+    o.weight_decay = 1e-4
+    o.b1 = 0.9
+    o.b2 = 0.999
+    o.clip_norm = 0.1
+    o.warmup_steps = 0
+    o.schedule = "step"  # cosine | step | constant
+    o.lr_drop_step = 1000
+    o.lr_drop_factor = 0.1
+    o.final_lr_factor = 0.01  # cosine: lr at the end, relative to the peak
+
+    e = c.eval = ml_collections.ConfigDict()
+    e.batch_size = 16
+    e.top_k = 100
+    e.num_images_to_draw = 8
+    e.draw_score_threshold = 0.5
+    e.annotations_file = ""  # optional official COCO ground truth
+
+    s = c.shapes = ml_collections.ConfigDict()
+    s.num_val = 256
+    s.spec = "standard"
+
+    cc = c.coco = ml_collections.ConfigDict()
+    cc.data_dir = ""  # tfds data_dir holding coco/2017
+    return c

@@ -1,0 +1,105 @@
+"""Datasets and the input pipeline: `build_dataset(config)` and `train_batches(...)`.
+
+A dataset exposes `num_classes`, `class_names`, `category_ids` (label -> original category id),
+`train_samples(start_index, process_index, process_count)` and `val_samples()`; samples and
+batches follow docs/interfaces.md.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+from collections.abc import Iterator
+from typing import Any
+
+import numpy as np
+
+from detr_jax.data.batching import batch_iterator
+from detr_jax.data.shapes import STANDARD_SHAPES, ShapesDataset
+
+DATASET_CHOICES = ("shapes", "coco")
+SHAPES_SPECS = {"standard": STANDARD_SHAPES}
+
+
+def build_dataset(config: Any) -> ShapesDataset:
+    """The dataset named by `config.dataset`."""
+    if config.dataset == "shapes":
+        if config.shapes.spec not in SHAPES_SPECS:
+            raise ValueError(
+                f"shapes.spec={config.shapes.spec!r}; choose one of {tuple(SHAPES_SPECS)}"
+            )
+        ds = ShapesDataset(SHAPES_SPECS[config.shapes.spec], config.seed, config.shapes.num_val)
+        if ds.num_classes != config.num_classes:
+            raise ValueError(
+                f"num_classes={config.num_classes} but the shapes dataset has {ds.num_classes} "
+                f"classes {ds.class_names}"
+            )
+        return ds
+    if config.dataset == "coco":
+        raise NotImplementedError(
+            "dataset='coco': the COCO 2017 tf.data pipeline is not built yet (Data issue). "
+            "Use configs/shapes.py for now."
+        )
+    raise ValueError(f"dataset={config.dataset!r}; choose one of {DATASET_CHOICES}")
+
+
+def train_batches(
+    dataset: Any,
+    *,
+    global_batch_size: int,
+    start_step: int,
+    buckets: Any,
+    max_boxes: int,
+    process_index: int = 0,
+    process_count: int = 1,
+    prefetch: int = 4,
+) -> Iterator[dict[str, np.ndarray]]:
+    """This process's share of each global training batch, from `start_step` on.
+
+    Global batch s holds the stream's samples s*B .. (s+1)*B-1, so the data order is a pure
+    function of (seed, step) and resuming at any step reproduces it. Batches are produced in a
+    background thread, `prefetch` ahead.
+    """
+    if global_batch_size % process_count:
+        raise ValueError(
+            f"batch_size={global_batch_size} is not divisible by the process count {process_count}"
+        )
+    samples = dataset.train_samples(
+        start_index=start_step * global_batch_size,
+        process_index=process_index,
+        process_count=process_count,
+    )
+    batches = batch_iterator(
+        samples, batch_size=global_batch_size // process_count, buckets=buckets,
+        max_boxes=max_boxes,
+    )
+    return _background((b for b, _ in batches), prefetch)
+
+
+def _background(it: Iterator[Any], size: int) -> Iterator[Any]:
+    q: queue.Queue = queue.Queue(maxsize=size)
+    stop = threading.Event()
+
+    def work():
+        try:
+            for item in it:
+                while not stop.is_set():
+                    try:
+                        q.put(item, timeout=0.5)
+                        break
+                    except queue.Full:
+                        continue
+                if stop.is_set():
+                    return
+        except BaseException as e:  # surfaced in the consumer
+            q.put(e)
+
+    threading.Thread(target=work, daemon=True).start()
+    try:
+        while True:
+            item = q.get()
+            if isinstance(item, BaseException):
+                raise item
+            yield item
+    finally:
+        stop.set()

@@ -1,0 +1,1 @@
+"""detr_jax.evaluation."""

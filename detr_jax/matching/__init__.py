@@ -1,0 +1,38 @@
+"""detr_jax.matching: bipartite matchers behind one interface, and the DETR cost.
+
+``get_matcher(name, **kwargs)`` builds a matcher from :data:`MATCHERS`; every
+matcher maps ``(cost [B,Q,G] float32, gt_valid [B,G] bool) -> match [B,G] int32``
+(see :mod:`detr_jax.matching.base`).
+"""
+
+from __future__ import annotations
+
+from detr_jax.matching.base import Matcher, match_to_query_targets, unmatched_query_mask
+from detr_jax.matching.costs import detr_cost
+from detr_jax.matching.hungarian_scipy import HungarianScipyMatcher
+
+MATCHERS: dict[str, type[Matcher]] = {
+    "hungarian_scipy": HungarianScipyMatcher,
+}
+
+
+def get_matcher(name: str, **kwargs) -> Matcher:
+    """Instantiate the matcher registered under ``name`` with ``kwargs``.
+
+    Raises:
+      ValueError: if ``name`` is not registered (the message lists the choices).
+    """
+    if name not in MATCHERS:
+        raise ValueError(f"unknown matcher {name!r}; choose one of {sorted(MATCHERS)}")
+    return MATCHERS[name](**kwargs)
+
+
+__all__ = [
+    "MATCHERS",
+    "HungarianScipyMatcher",
+    "Matcher",
+    "detr_cost",
+    "get_matcher",
+    "match_to_query_targets",
+    "unmatched_query_mask",
+]

@@ -1,0 +1,46 @@
+"""Models, picked by name from the config: `build_model(config)`."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import jax.numpy as jnp
+
+from detr_jax.models.backbone import BACKBONE_CHOICES
+from detr_jax.models.detr import DETR
+
+MODEL_CHOICES = ("detr",)
+_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+
+
+def build_model(config: Any) -> DETR:
+    """Builds the model named by `config.model.name` from `config.model` and `config.num_classes`."""
+    m = config.model
+    if m.name not in MODEL_CHOICES:
+        raise ValueError(f"model.name={m.name!r}; choose one of {MODEL_CHOICES}")
+    if m.backbone not in BACKBONE_CHOICES:
+        raise ValueError(f"model.backbone={m.backbone!r}; choose one of {BACKBONE_CHOICES}")
+    if m.dtype not in _DTYPES:
+        raise ValueError(f"model.dtype={m.dtype!r}; choose one of {tuple(_DTYPES)}")
+    return DETR(
+        num_classes=config.num_classes,
+        num_queries=m.num_queries,
+        hidden_dim=m.hidden_dim,
+        nheads=m.nheads,
+        enc_layers=m.enc_layers,
+        dec_layers=m.dec_layers,
+        dim_feedforward=m.dim_feedforward,
+        dropout=m.dropout,
+        drop_path=m.drop_path,
+        pre_norm=m.pre_norm,
+        backbone_depth=int(m.backbone.removeprefix("resnet")),
+        backbone_width=m.backbone_width,
+        backbone_norm=m.backbone_norm,
+        dilation=m.dilation,
+        backbone_frozen_stages=m.backbone_frozen_stages,
+        zero_init_residual=m.zero_init_residual,
+        mask_backbone_features=m.mask_backbone_features,
+        position_embedding=m.position_embedding,
+        query_init_std=m.query_init_std,
+        dtype=_DTYPES[m.dtype],
+    )

@@ -1,0 +1,184 @@
+"""The DETR model: backbone -> 1x1 input projection -> transformer -> class and box heads.
+
+Parameter tree (mirrors the original's state_dict): `backbone/...`, `input_proj`, `query_embed`,
+`transformer/...`, `class_embed`, `bbox_embed/layers_{0,1,2}`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from detr_jax.models.backbone import ResNet
+from detr_jax.models.position_encoding import (
+    POSITION_EMBEDDING_CHOICES,
+    LearnedPositionEmbedding,
+    sine_position_embedding,
+)
+from detr_jax.models.transformer import Transformer
+
+
+def _torch_linear_bias_init(fan_in: int):
+    """PyTorch nn.Linear/Conv default bias: U(-1/sqrt(fan_in), 1/sqrt(fan_in))."""
+    bound = 1.0 / fan_in**0.5
+
+    def init(key, shape, dtype=jnp.float32):
+        return jax.random.uniform(key, shape, dtype, -bound, bound)
+
+    return init
+
+
+# PyTorch nn.Linear/Conv default kernel init: kaiming_uniform(a=sqrt(5)) == U(+-1/sqrt(fan_in)).
+_torch_kernel_init = nn.initializers.variance_scaling(1.0 / 3.0, "fan_in", "uniform")
+
+
+def _torch_dense(features: int, fan_in: int, name: str, dtype: Any = None) -> nn.Dense:
+    return nn.Dense(
+        features,
+        kernel_init=_torch_kernel_init,
+        bias_init=_torch_linear_bias_init(fan_in),
+        dtype=dtype,
+        name=name,
+    )
+
+
+class MLP(nn.Module):
+    """num_layers Dense layers with ReLU between them (DETR's box head: 3 layers)."""
+
+    hidden_dim: int
+    output_dim: int
+    num_layers: int
+    input_dim: int
+    dtype: Any = None
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        fan_in = self.input_dim
+        for i in range(self.num_layers):
+            last = i == self.num_layers - 1
+            x = _torch_dense(self.output_dim if last else self.hidden_dim, fan_in, f"layers_{i}",
+                             self.dtype)(x)
+            fan_in = self.hidden_dim
+            if not last:
+                x = nn.relu(x)
+        return x
+
+
+class DETR(nn.Module):
+    """End-to-end detector.
+
+    Attributes mirror the original's arguments; see `configs/coco.py` for the paper's values.
+    """
+
+    num_classes: int
+    num_queries: int = 100
+    hidden_dim: int = 256
+    nheads: int = 8
+    enc_layers: int = 6
+    dec_layers: int = 6
+    dim_feedforward: int = 2048
+    dropout: float = 0.1
+    drop_path: float = 0.0
+    pre_norm: bool = False
+    backbone_depth: int = 50
+    backbone_width: int = 64
+    backbone_norm: str = "frozen_bn"
+    dilation: bool = False
+    backbone_frozen_stages: int = 0
+    zero_init_residual: bool = False
+    mask_backbone_features: bool = True
+    position_embedding: str = "sine"
+    query_init_std: float = 1.0
+    dtype: Any = None
+
+    @nn.compact
+    def __call__(
+        self,
+        images: jax.Array,
+        pixel_mask: jax.Array,
+        train: bool = False,
+        extra_queries: jax.Array | None = None,
+        self_attn_mask: jax.Array | None = None,
+    ) -> dict[str, jax.Array]:
+        """Predicts a set of boxes per image.
+
+        Args:
+          images: float [B, H, W, 3], normalised; pixel_mask: bool [B, H, W], True on real pixels.
+          train: dropout, DropPath and BatchNorm statistics in training mode.
+          extra_queries: optional [B, Qx, D] query embeddings appended after the learned ones
+            (hook for DN-DETR denoising groups); their outputs follow the learned queries.
+          self_attn_mask: optional [B or 1, Q+Qx, Q+Qx] decoder self-attention mask.
+
+        Returns:
+          `pred_logits` float32 [L, B, Q(+Qx), num_classes + 1] (last index = no object) and
+          `pred_boxes` float32 [L, B, Q(+Qx), 4] normalised cxcywh, one slice per decoder layer.
+        """
+        feats = ResNet(
+            depth=self.backbone_depth,
+            width=self.backbone_width,
+            norm=self.backbone_norm,
+            dilation=self.dilation,
+            frozen_stages=self.backbone_frozen_stages,
+            zero_init_residual=self.zero_init_residual,
+            mask_features=self.mask_backbone_features,
+            return_levels=("C5",),
+            dtype=self.dtype,
+            name="backbone",
+        )(images, pixel_mask, train=train)
+        x, mask = feats["C5"]
+        b, h, w, c = x.shape
+
+        if self.position_embedding == "sine":
+            pos = sine_position_embedding(mask, self.hidden_dim)
+        elif self.position_embedding == "learned":
+            pos = LearnedPositionEmbedding(self.hidden_dim, name="position_embedding")(mask)
+        else:
+            raise ValueError(
+                f"model.position_embedding={self.position_embedding!r}; "
+                f"choose one of {POSITION_EMBEDDING_CHOICES}"
+            )
+        src = nn.Conv(
+            self.hidden_dim,
+            (1, 1),
+            kernel_init=_torch_kernel_init,
+            bias_init=_torch_linear_bias_init(c),
+            dtype=self.dtype,
+            name="input_proj",
+        )(x)
+        src = src.reshape(b, h * w, self.hidden_dim)
+        pos = pos.reshape(b, h * w, self.hidden_dim).astype(src.dtype)
+        src_mask = mask.reshape(b, h * w)
+
+        query_embed = self.param(
+            "query_embed",
+            nn.initializers.normal(self.query_init_std),
+            (self.num_queries, self.hidden_dim),
+        )
+        query_pos = jnp.broadcast_to(
+            query_embed.astype(src.dtype)[None], (b, self.num_queries, self.hidden_dim)
+        )
+        if extra_queries is not None:
+            query_pos = jnp.concatenate([query_pos, extra_queries.astype(src.dtype)], axis=1)
+
+        hs, _ = Transformer(
+            hidden_dim=self.hidden_dim,
+            num_heads=self.nheads,
+            num_encoder_layers=self.enc_layers,
+            num_decoder_layers=self.dec_layers,
+            dim_feedforward=self.dim_feedforward,
+            dropout=self.dropout,
+            drop_path=self.drop_path,
+            pre_norm=self.pre_norm,
+            dtype=self.dtype,
+            name="transformer",
+        )(src, src_mask, pos, query_pos, self_attn_mask=self_attn_mask, train=train)
+
+        logits = _torch_dense(self.num_classes + 1, self.hidden_dim, "class_embed", self.dtype)(hs)
+        boxes = MLP(self.hidden_dim, 4, 3, self.hidden_dim, self.dtype, name="bbox_embed")(hs)
+        return {
+            "pred_logits": logits.astype(jnp.float32),
+            "pred_boxes": jax.nn.sigmoid(boxes.astype(jnp.float32)),
+        }

@@ -1,0 +1,100 @@
+"""Optimiser: global-norm clipping, then AdamW with a warmup schedule; backbone lr x mult.
+
+Parameters are labelled by their path in the param tree:
+- "frozen": FrozenBatchNorm arrays and the stages frozen by `model.backbone_frozen_stages`; they get
+  exactly zero updates (optax.set_to_zero: no gradient step and no weight decay).
+- "backbone": the rest of `backbone/...`, lr x `optim.backbone_lr_mult`.
+- "transformer": everything else (projection, transformer, queries, heads).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import flax.traverse_util
+import optax
+
+SCHEDULE_CHOICES = ("cosine", "step", "constant")
+
+_STAGE_PREFIXES = ("conv1", "bn1", "layer1", "layer2", "layer3", "layer4")
+
+
+def frozen_stage_prefixes(frozen_stages: int) -> tuple[str, ...]:
+    """Top-level backbone module prefixes frozen by `frozen_stages` (1 = stem, 2 = +layer1, ...)."""
+    n = {0: 0, 1: 2, 2: 3, 3: 4, 4: 5, 5: 6}[int(frozen_stages)]
+    return _STAGE_PREFIXES[:n]
+
+
+def param_labels(params: Any, frozen_stages: int = 0) -> Any:
+    """Returns a pytree of labels ("frozen" / "backbone" / "transformer") shaped like params."""
+    frozen_prefixes = frozen_stage_prefixes(frozen_stages)
+    flat = flax.traverse_util.flatten_dict(params)
+
+    def label(path: tuple[str, ...]) -> str:
+        if path[0] != "backbone":
+            return "transformer"
+        leaf = path[-1]
+        if leaf in ("running_mean", "running_var") or (
+            leaf in ("weight", "bias") and _is_frozen_bn(path)
+        ):
+            return "frozen"
+        top = path[1]
+        if any(top == p or top.startswith(p + "_") for p in frozen_prefixes):
+            return "frozen"
+        return "backbone"
+
+    return flax.traverse_util.unflatten_dict({k: label(k) for k in flat})
+
+
+def _is_frozen_bn(path: tuple[str, ...]) -> bool:
+    # FrozenBatchNorm keeps PyTorch names (weight/bias/running_*) directly under a bn* module;
+    # convolutions use "kernel" and flax norms use "scale"/"bias".
+    module = path[-2]
+    return module.startswith("bn") or module == "downsample_1"
+
+
+def make_schedule(optim: Any, total_steps: int) -> Callable[[Any], Any]:
+    """Linear warmup from 0 to `optim.lr`, then cosine to `lr * final_lr_factor` or a x0.1 drop."""
+    lr, warmup = optim.lr, int(optim.warmup_steps)
+    if optim.schedule not in SCHEDULE_CHOICES:
+        raise ValueError(f"optim.schedule={optim.schedule!r}; choose one of {SCHEDULE_CHOICES}")
+    if optim.schedule == "cosine":
+        decay = optax.cosine_decay_schedule(
+            lr, max(total_steps - warmup, 1), alpha=optim.final_lr_factor
+        )
+    elif optim.schedule == "step":
+        decay = optax.piecewise_constant_schedule(
+            lr, {max(int(optim.lr_drop_step) - warmup, 0): optim.lr_drop_factor}
+        )
+    else:
+        decay = optax.constant_schedule(lr)
+    if warmup <= 0:
+        return decay
+    return optax.join_schedules([optax.linear_schedule(0.0, lr, warmup), decay], [warmup])
+
+
+def make_optimizer(
+    optim: Any, total_steps: int, params: Any, frozen_stages: int = 0
+) -> tuple[optax.GradientTransformation, Callable[[Any], Any]]:
+    """Builds clip -> multi_transform(AdamW per group). Returns (tx, lr schedule)."""
+    schedule = make_schedule(optim, total_steps)
+    mult = optim.backbone_lr_mult
+
+    def adamw(sched):
+        return optax.adamw(
+            sched, b1=optim.b1, b2=optim.b2, eps=1e-8, weight_decay=optim.weight_decay
+        )
+
+    tx = optax.chain(
+        optax.clip_by_global_norm(optim.clip_norm) if optim.clip_norm > 0 else optax.identity(),
+        optax.multi_transform(
+            {
+                "transformer": adamw(schedule),
+                "backbone": adamw(lambda step: schedule(step) * mult),
+                "frozen": optax.set_to_zero(),
+            },
+            param_labels(params, frozen_stages),
+        ),
+    )
+    return tx, schedule

@@ -1,0 +1,255 @@
+"""Training: state creation, plain `train_step` / `eval_step`, and the `train_and_evaluate` loop.
+
+The state is a pytree (`TrainState`), replicated over a 1-D `data` mesh; batches are sharded
+along `data`. Both steps are jitted with NamedShardings, which works the same on 1 device and on
+N, and the train step donates the state.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import time
+from typing import Any
+
+import flax
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+import optax
+from absl import logging
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from detr_jax import checkpointing, data, optim
+from detr_jax.config_validation import validate_config
+from detr_jax.evaluation.evaluator import Evaluator
+from detr_jax.evaluation.postprocess import postprocess
+from detr_jax.losses import detr_loss
+from detr_jax.matching import get_matcher
+from detr_jax.models import build_model
+from detr_jax.writers import MetricWriter
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array  # int32 scalar
+    params: Any
+    batch_stats: Any  # {} unless the backbone uses trainable BatchNorm
+    opt_state: Any
+    rng: jax.Array  # uint32[2] raw key
+
+
+def make_mesh() -> Mesh:
+    """A 1-D mesh named `data` over every device of every process."""
+    return Mesh(np.asarray(jax.devices()), ("data",))
+
+
+def init_variables(model: nn.Module, config: Any, rng: jax.Array) -> dict:
+    h, w = config.image_buckets[0]
+    images = jnp.zeros((1, h, w, 3), jnp.float32)
+    mask = jnp.ones((1, h, w), bool)
+    return model.init({"params": rng}, images, mask, train=False)
+
+
+def create_train_state(
+    config: Any, model: nn.Module, tx: optax.GradientTransformation, rng: jax.Array
+) -> TrainState:
+    init_rng, state_rng = jax.random.split(rng)
+    variables = init_variables(model, config, init_rng)
+    params = variables["params"]
+    return TrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        batch_stats=variables.get("batch_stats", {}),
+        opt_state=tx.init(params),
+        rng=state_rng,
+    )
+
+
+def loss_kwargs(config: Any) -> dict:
+    return dict(
+        num_classes=config.num_classes,
+        eos_coef=config.loss.eos_coef,
+        label_smoothing=config.loss.label_smoothing,
+        weight_ce=config.loss.weight_ce,
+        weight_bbox=config.loss.weight_bbox,
+        weight_giou=config.loss.weight_giou,
+        cost_class=config.matcher.cost_class,
+        cost_bbox=config.matcher.cost_bbox,
+        cost_giou=config.matcher.cost_giou,
+        aux_loss=config.loss.aux_loss,
+    )
+
+
+def _apply(model, state, params, batch, train, rng=None):
+    variables = {"params": params}
+    if state.batch_stats:
+        variables["batch_stats"] = state.batch_stats
+    kwargs = {}
+    if train:
+        dropout_rng, droppath_rng = jax.random.split(rng)
+        kwargs["rngs"] = {"dropout": dropout_rng, "droppath": droppath_rng}
+        if state.batch_stats:
+            return model.apply(
+                variables, batch["image"], batch["pixel_mask"], train=True,
+                mutable=["batch_stats"], **kwargs,
+            )
+    return model.apply(variables, batch["image"], batch["pixel_mask"], train=train, **kwargs), {}
+
+
+def train_step(state, batch, *, model, tx, schedule, matcher, loss_cfg):
+    """One optimisation step on a global batch. Returns (new_state, metrics of scalars).
+
+    A non-finite loss or gradient norm skips the update (params, statistics and optimiser state
+    are kept) and reports `nonfinite` = 1.
+    """
+    rng = jax.random.fold_in(state.rng, state.step)
+
+    def loss_fn(params):
+        outputs, new_vars = _apply(model, state, params, batch, True, rng)
+        loss, metrics = detr_loss(outputs, batch, matcher, **loss_cfg)
+        return loss, (metrics, new_vars)
+
+    (loss, (metrics, new_vars)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
+    grad_norm = optax.global_norm(grads)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    batch_stats = new_vars.get("batch_stats", state.batch_stats)
+    finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+
+    def keep_if_finite(new, old):
+        return jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
+
+    new_state = state.replace(
+        step=state.step + 1,
+        params=keep_if_finite(params, state.params),
+        batch_stats=keep_if_finite(batch_stats, state.batch_stats),
+        opt_state=keep_if_finite(opt_state, state.opt_state),
+    )
+    metrics = dict(metrics, grad_norm=grad_norm, lr=schedule(state.step),
+                   nonfinite=1.0 - finite.astype(jnp.float32))
+    return new_state, metrics
+
+
+def eval_step(state, batch, *, model, matcher, loss_cfg, top_k):
+    """Predictions for a batch (postprocessed, pixels of each original image) and eval losses."""
+    outputs, _ = _apply(model, state, state.params, batch, False)
+    valid_q = jnp.broadcast_to(
+        batch["image_valid"][:, None], outputs["pred_logits"].shape[1:3]
+    )
+    _, metrics = detr_loss(outputs, batch, matcher, query_valid=valid_q, **loss_cfg)
+    post = postprocess(
+        outputs["pred_logits"][-1], outputs["pred_boxes"][-1], batch["orig_size"], top_k
+    )
+    post = dict(post, image_id=batch["image_id"], image_valid=batch["image_valid"])
+    return post, metrics
+
+
+def make_steps(config, model, tx, schedule, mesh, state):
+    """Jitted train/eval steps with NamedShardings (state replicated, batch split on `data`)."""
+    matcher = get_matcher(config.matcher.name)
+    loss_cfg = loss_kwargs(config)
+    replicated = NamedSharding(mesh, P())
+    data_sharding = NamedSharding(mesh, P("data"))
+    state_sharding = jax.tree.map(lambda _: replicated, state)
+    p_train = jax.jit(
+        functools.partial(train_step, model=model, tx=tx, schedule=schedule, matcher=matcher,
+                          loss_cfg=loss_cfg),
+        in_shardings=(state_sharding, data_sharding),
+        out_shardings=(state_sharding, replicated),
+        donate_argnums=(0,),
+    )
+    p_eval = jax.jit(
+        functools.partial(eval_step, model=model, matcher=matcher, loss_cfg=loss_cfg,
+                          top_k=min(config.eval.top_k, config.model.num_queries)),
+        in_shardings=(state_sharding, data_sharding),
+        out_shardings=(replicated, replicated),
+    )
+    return p_train, p_eval, state_sharding, data_sharding
+
+
+def to_global(batch: dict[str, np.ndarray], sharding: NamedSharding) -> dict[str, jax.Array]:
+    """Assembles this process's share of the batch into global arrays sharded on `data`."""
+    return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
+    """Trains for `config.total_steps` (resuming from `workdir`), evaluates, returns final metrics."""
+    validate_config(config, jax.device_count())
+    os.makedirs(workdir, exist_ok=True)
+    mesh = make_mesh()
+    dataset = data.build_dataset(config)
+    model = build_model(config)
+    rng = jax.random.PRNGKey(config.seed)
+    params_shape = jax.eval_shape(lambda r: init_variables(model, config, r), rng)["params"]
+    tx, schedule = optim.make_optimizer(
+        config.optim, config.total_steps, params_shape, config.model.backbone_frozen_stages
+    )
+    state = create_train_state(config, model, tx, rng)
+    p_train, p_eval, state_sharding, data_sharding = make_steps(
+        config, model, tx, schedule, mesh, state
+    )
+    state = jax.device_put(state, state_sharding)
+    logging.info("params: %d", sum(x.size for x in jax.tree.leaves(state.params)))
+
+    manager = checkpointing.make_manager(workdir, config.checkpoint_every, config.keep_checkpoints)
+    restored = checkpointing.restore_latest(manager, state)
+    if restored is not None:
+        state = jax.device_put(restored[0], state_sharding)
+        logging.info("resumed from %s at step %d", manager.directory, int(state.step))
+    start_step = int(state.step)
+    config_json = config.to_json()
+    if jax.process_index() == 0:
+        with open(os.path.join(workdir, "config.json"), "w") as f:
+            f.write(config_json)
+
+    writer = MetricWriter(workdir, use_tensorboard=config.use_tensorboard)
+    evaluator = Evaluator(config, dataset, p_eval, data_sharding, workdir, writer)
+    batches = data.train_batches(
+        dataset,
+        global_batch_size=config.batch_size,
+        start_step=start_step,
+        buckets=config.image_buckets,
+        max_boxes=config.max_boxes,
+        process_index=jax.process_index(),
+        process_count=jax.process_count(),
+    )
+    pending: list[dict[str, jax.Array]] = []
+    t_last, step_last, train_time = time.time(), start_step, 0.0
+    eval_metrics: dict[str, float] = {}
+    for step in range(start_step + 1, config.total_steps + 1):
+        with jax.profiler.StepTraceAnnotation("train", step_num=step):
+            state, metrics = p_train(state, to_global(next(batches), data_sharding))
+        pending.append(metrics)
+        if step % config.log_every == 0 or step == config.total_steps:
+            summary = {k: float(np.mean([m[k] for m in jax.device_get(pending)])) for k in pending[0]}
+            summary["nonfinite"] *= len(pending)  # skipped steps in this interval
+            now = time.time()
+            train_time += now - t_last
+            summary["steps_per_sec"] = (step - step_last) / (now - t_last)
+            summary["train_time_s"] = train_time
+            writer.write_scalars(step, summary)
+            logging.info("step %d/%d loss %.4f (%.2f steps/s)", step, config.total_steps,
+                         summary["loss"], summary["steps_per_sec"])
+            pending, t_last, step_last = [], now, step
+        if checkpointing.save(manager, step, state, config_json):
+            logging.info("saving checkpoint at step %d", step)
+        final = step == config.total_steps
+        if final or (config.eval_every > 0 and step % config.eval_every == 0):
+            eval_metrics = evaluator.run(state, step, write_files=True, draw=final)
+            writer.write_scalars(step, {f"eval/{k}": v for k, v in eval_metrics.items()})
+            writer.write_scalars(step, {"train_time_s": train_time})
+            t_last = time.time()  # evaluation time is not training time
+    if restored is not None and start_step >= config.total_steps:
+        eval_metrics = evaluator.run(state, start_step, write_files=True, draw=True)
+    checkpointing.save(manager, int(state.step), state, config_json, force=True)
+    manager.wait_until_finished()
+    writer.flush()
+    if jax.process_index() == 0:
+        with open(os.path.join(workdir, "train_summary.json"), "w") as f:
+            json.dump({"step": int(state.step), "train_time_s": train_time, **eval_metrics}, f)
+    return eval_metrics

@@ -1,0 +1,76 @@
+"""Metric writers: clu's TensorBoard writer when TensorFlow is installed, plain logging otherwise.
+
+Every writer also appends scalars to `workdir/metrics.jsonl` (one JSON object per write, with the
+step and the wall time), which the benchmarks read. Only process 0 writes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import numpy as np
+from absl import logging
+
+
+class _LoggingWriter:
+    """The fallback when clu.metric_writers cannot be imported (no TensorFlow/tensorboard)."""
+
+    def write_scalars(self, step: int, scalars: Mapping[str, Any]) -> None:
+        logging.info("[%d] %s", step, ", ".join(f"{k}={float(v):.5g}" for k, v in scalars.items()))
+
+    def write_images(self, step: int, images: Mapping[str, Any]) -> None:
+        logging.info("[%d] images: %s", step, {k: np.shape(v) for k, v in images.items()})
+
+    def write_hparams(self, hparams: Mapping[str, Any]) -> None:
+        logging.info("hparams: %s", dict(hparams))
+
+    def flush(self) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+class MetricWriter:
+    """Scalars and images to TensorBoard (or logs) plus `metrics.jsonl`."""
+
+    def __init__(self, workdir: str, use_tensorboard: bool = True):
+        self._active = jax.process_index() == 0
+        self._start = time.time()
+        self._jsonl = os.path.join(workdir, "metrics.jsonl") if self._active else None
+        self._writer: Any = _LoggingWriter()
+        if self._active and use_tensorboard:
+            try:
+                from clu import metric_writers  # imports TensorFlow
+
+                self._writer = metric_writers.create_default_writer(workdir, asynchronous=False)
+            except ImportError as e:  # pragma: no cover - depends on the installation
+                logging.warning("TensorBoard writer unavailable (%s); logging only.", e)
+
+    def write_scalars(self, step: int, scalars: Mapping[str, Any]) -> None:
+        if not self._active:
+            return
+        clean = {k: float(v) for k, v in scalars.items()}
+        self._writer.write_scalars(step, clean)
+        with open(self._jsonl, "a") as f:
+            f.write(json.dumps({"step": step, "time": time.time() - self._start, **clean}) + "\n")
+
+    def write_images(self, step: int, images: Mapping[str, np.ndarray]) -> None:
+        """images: name -> uint8 [H, W, 3] (or [N, H, W, 3])."""
+        if not self._active:
+            return
+        batched = {k: (v[None] if v.ndim == 3 else v) for k, v in images.items()}
+        self._writer.write_images(step, batched)
+
+    def flush(self) -> None:
+        if self._active:
+            self._writer.flush()
+
+    def close(self) -> None:
+        if self._active:
+            self._writer.close()
