@@ -35,32 +35,55 @@ def validate_config(config: Any, num_devices: int) -> None:
     choice("matcher.name", config.matcher.name, tuple(MATCHERS))
     choice("optim.schedule", config.optim.schedule, SCHEDULE_CHOICES)
     choice("model.backbone_frozen_stages", m.backbone_frozen_stages, (0, 1, 2, 3, 4, 5))
-    need(m.num_queries > config.max_boxes,
-         f"model.num_queries={m.num_queries} must exceed max_boxes={config.max_boxes} "
-         "(every ground-truth box needs its own query)")
-    for field in ("total_steps", "batch_size", "num_classes", "max_boxes", "model.num_queries",
-                  "model.hidden_dim", "model.nheads", "model.dec_layers", "eval.batch_size"):
+    need(
+        m.num_queries > config.max_boxes,
+        f"model.num_queries={m.num_queries} must exceed max_boxes={config.max_boxes} "
+        "(every ground-truth box needs its own query)",
+    )
+    for field in (
+        "total_steps",
+        "batch_size",
+        "num_classes",
+        "max_boxes",
+        "model.num_queries",
+        "model.hidden_dim",
+        "model.nheads",
+        "model.dec_layers",
+        "eval.batch_size",
+    ):
         value = config
         for part in field.split("."):
             value = value[part]
         need(isinstance(value, int) and value > 0, f"{field}={value!r} must be a positive integer")
     need(m.enc_layers >= 0, f"model.enc_layers={m.enc_layers} must be >= 0")
-    need(m.hidden_dim % m.nheads == 0,
-         f"model.hidden_dim={m.hidden_dim} must be divisible by model.nheads={m.nheads}")
+    need(
+        m.hidden_dim % m.nheads == 0,
+        f"model.hidden_dim={m.hidden_dim} must be divisible by model.nheads={m.nheads}",
+    )
     need(config.optim.lr > 0, f"optim.lr={config.optim.lr} must be > 0")
-    need(config.optim.backbone_lr_mult >= 0,
-         f"optim.backbone_lr_mult={config.optim.backbone_lr_mult} must be >= 0")
+    need(
+        config.optim.backbone_lr_mult >= 0,
+        f"optim.backbone_lr_mult={config.optim.backbone_lr_mult} must be >= 0",
+    )
     need(0 <= m.dropout < 1, f"model.dropout={m.dropout} must be in [0, 1)")
     need(0 <= m.drop_path < 1, f"model.drop_path={m.drop_path} must be in [0, 1)")
-    need(0 <= config.loss.label_smoothing < 1,
-         f"loss.label_smoothing={config.loss.label_smoothing} must be in [0, 1)")
-    need(config.batch_size % num_devices == 0,
-         f"batch_size={config.batch_size} must be divisible by the device count {num_devices}")
-    need(config.eval.batch_size % num_devices == 0,
-         f"eval.batch_size={config.eval.batch_size} must be divisible by the device count "
-         f"{num_devices}")
+    need(
+        0 <= config.loss.label_smoothing < 1,
+        f"loss.label_smoothing={config.loss.label_smoothing} must be in [0, 1)",
+    )
+    need(
+        config.batch_size % num_devices == 0,
+        f"batch_size={config.batch_size} must be divisible by the device count {num_devices}",
+    )
+    need(
+        config.eval.batch_size % num_devices == 0,
+        f"eval.batch_size={config.eval.batch_size} must be divisible by the device count "
+        f"{num_devices}",
+    )
     buckets = list(config.image_buckets)
-    need(len(buckets) > 0 and all(len(b) == 2 and b[0] > 0 and b[1] > 0 for b in buckets),
-         f"image_buckets={buckets!r} must be a non-empty list of positive (H, W) pairs")
+    need(
+        len(buckets) > 0 and all(len(b) == 2 and b[0] > 0 and b[1] > 0 for b in buckets),
+        f"image_buckets={buckets!r} must be a non-empty list of positive (H, W) pairs",
+    )
     if errors:
         raise ConfigError("invalid config:\n  " + "\n  ".join(errors))

@@ -95,8 +95,12 @@ def _apply(model, state, params, batch, train, rng=None):
         kwargs["rngs"] = {"dropout": dropout_rng, "droppath": droppath_rng}
         if state.batch_stats:
             return model.apply(
-                variables, batch["image"], batch["pixel_mask"], train=True,
-                mutable=["batch_stats"], **kwargs,
+                variables,
+                batch["image"],
+                batch["pixel_mask"],
+                train=True,
+                mutable=["batch_stats"],
+                **kwargs,
             )
     return model.apply(variables, batch["image"], batch["pixel_mask"], train=train, **kwargs), {}
 
@@ -130,17 +134,19 @@ def train_step(state, batch, *, model, tx, schedule, matcher, loss_cfg):
         batch_stats=keep_if_finite(batch_stats, state.batch_stats),
         opt_state=keep_if_finite(opt_state, state.opt_state),
     )
-    metrics = dict(metrics, grad_norm=grad_norm, lr=schedule(state.step),
-                   nonfinite=1.0 - finite.astype(jnp.float32))
+    metrics = dict(
+        metrics,
+        grad_norm=grad_norm,
+        lr=schedule(state.step),
+        nonfinite=1.0 - finite.astype(jnp.float32),
+    )
     return new_state, metrics
 
 
 def eval_step(state, batch, *, model, matcher, loss_cfg, top_k):
     """Predictions for a batch (postprocessed, pixels of each original image) and eval losses."""
     outputs, _ = _apply(model, state, state.params, batch, False)
-    valid_q = jnp.broadcast_to(
-        batch["image_valid"][:, None], outputs["pred_logits"].shape[1:3]
-    )
+    valid_q = jnp.broadcast_to(batch["image_valid"][:, None], outputs["pred_logits"].shape[1:3])
     _, metrics = detr_loss(outputs, batch, matcher, query_valid=valid_q, **loss_cfg)
     post = postprocess(
         outputs["pred_logits"][-1], outputs["pred_boxes"][-1], batch["orig_size"], top_k
@@ -157,15 +163,21 @@ def make_steps(config, model, tx, schedule, mesh, state):
     data_sharding = NamedSharding(mesh, P("data"))
     state_sharding = jax.tree.map(lambda _: replicated, state)
     p_train = jax.jit(
-        functools.partial(train_step, model=model, tx=tx, schedule=schedule, matcher=matcher,
-                          loss_cfg=loss_cfg),
+        functools.partial(
+            train_step, model=model, tx=tx, schedule=schedule, matcher=matcher, loss_cfg=loss_cfg
+        ),
         in_shardings=(state_sharding, data_sharding),
         out_shardings=(state_sharding, replicated),
         donate_argnums=(0,),
     )
     p_eval = jax.jit(
-        functools.partial(eval_step, model=model, matcher=matcher, loss_cfg=loss_cfg,
-                          top_k=min(config.eval.top_k, config.model.num_queries)),
+        functools.partial(
+            eval_step,
+            model=model,
+            matcher=matcher,
+            loss_cfg=loss_cfg,
+            top_k=min(config.eval.top_k, config.model.num_queries),
+        ),
         in_shardings=(state_sharding, data_sharding),
         out_shardings=(replicated, replicated),
     )
@@ -178,7 +190,7 @@ def to_global(batch: dict[str, np.ndarray], sharding: NamedSharding) -> dict[str
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
-    """Trains for `config.total_steps` (resuming from `workdir`), evaluates, returns final metrics."""
+    """Trains `config.total_steps` steps (resuming from `workdir`), evaluates; returns metrics."""
     validate_config(config, jax.device_count())
     os.makedirs(workdir, exist_ok=True)
     mesh = make_mesh()
@@ -226,15 +238,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             state, metrics = p_train(state, to_global(next(batches), data_sharding))
         pending.append(metrics)
         if step % config.log_every == 0 or step == config.total_steps:
-            summary = {k: float(np.mean([m[k] for m in jax.device_get(pending)])) for k in pending[0]}
+            summary = {
+                k: float(np.mean([m[k] for m in jax.device_get(pending)])) for k in pending[0]
+            }
             summary["nonfinite"] *= len(pending)  # skipped steps in this interval
             now = time.time()
             train_time += now - t_last
             summary["steps_per_sec"] = (step - step_last) / (now - t_last)
             summary["train_time_s"] = train_time
             writer.write_scalars(step, summary)
-            logging.info("step %d/%d loss %.4f (%.2f steps/s)", step, config.total_steps,
-                         summary["loss"], summary["steps_per_sec"])
+            logging.info(
+                "step %d/%d loss %.4f (%.2f steps/s)",
+                step,
+                config.total_steps,
+                summary["loss"],
+                summary["steps_per_sec"],
+            )
             pending, t_last, step_last = [], now, step
         if checkpointing.save(manager, step, state, config_json):
             logging.info("saving checkpoint at step %d", step)
@@ -246,8 +265,10 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
             t_last = time.time()  # evaluation time is not training time
     if restored is not None and start_step >= config.total_steps:
         eval_metrics = evaluator.run(state, start_step, write_files=True, draw=True)
-    checkpointing.save(manager, int(state.step), state, config_json, force=True)
     manager.wait_until_finished()
+    if manager.latest_step() != int(state.step):
+        checkpointing.save(manager, int(state.step), state, config_json, force=True)
+        manager.wait_until_finished()
     writer.flush()
     if jax.process_index() == 0:
         with open(os.path.join(workdir, "train_summary.json"), "w") as f:

@@ -70,7 +70,9 @@ def train_batches(
         process_count=process_count,
     )
     batches = batch_iterator(
-        samples, batch_size=global_batch_size // process_count, buckets=buckets,
+        samples,
+        batch_size=global_batch_size // process_count,
+        buckets=buckets,
         max_boxes=max_boxes,
     )
     return _background((b for b, _ in batches), prefetch)

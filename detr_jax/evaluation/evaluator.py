@@ -53,13 +53,21 @@ class Evaluator:
         # Every process runs the same number of batches (fillers complete the short ones).
         per_proc = self.config.eval.batch_size // n
         steps = -(-len(self.samples) // self.config.eval.batch_size)
-        it = batch_iterator(iter(local), batch_size=per_proc,
-                            buckets=self.config.image_buckets, max_boxes=self.config.max_boxes)
+        it = batch_iterator(
+            iter(local),
+            batch_size=per_proc,
+            buckets=self.config.image_buckets,
+            max_boxes=self.config.max_boxes,
+        )
         for _ in range(steps):
             batch = next(it, None)
             if batch is None:  # this process ran out: an all-filler batch
-                batch = collate([], buckets=self.config.image_buckets,
-                                max_boxes=self.config.max_boxes, batch_size=per_proc)
+                batch = collate(
+                    [],
+                    buckets=self.config.image_buckets,
+                    max_boxes=self.config.max_boxes,
+                    batch_size=per_proc,
+                )
             yield batch[0]
 
     def run(self, state: Any, step: int, write_files: bool = True, draw: bool = False) -> dict:
@@ -77,9 +85,14 @@ class Evaluator:
                 loss_sums[k] = loss_sums.get(k, 0.0) + float(v)
             n_batches += 1
         results = coco.compute()
-        results.update({f"{k}": v / max(n_batches, 1) for k, v in loss_sums.items()
-                        if k in ("loss", "loss_ce", "loss_bbox", "loss_giou", "class_error",
-                                 "cardinality_error")})
+        results.update(
+            {
+                f"{k}": v / max(n_batches, 1)
+                for k, v in loss_sums.items()
+                if k
+                in ("loss", "loss_ce", "loss_bbox", "loss_giou", "class_error", "cardinality_error")
+            }
+        )
         if jax.process_index() == 0:
             if write_files:
                 write_eval_files(self.workdir, self.gt, coco.predictions, results, step)
@@ -101,16 +114,25 @@ class Evaluator:
             h, w = s["image"].shape[:2]
             oh, ow = np.asarray(s.get("orig_size", (h, w))).reshape(2)
             scale = np.array([w / ow, h / oh, w / ow, h / oh], np.float32)
-            boxes = np.array([[x, y, x + bw, y + bh] for x, y, bw, bh in
-                              (p["bbox"] for p in preds)], np.float32).reshape(-1, 4) * scale
-            tiles.append(draw_detections(
-                s["image"], boxes,
-                np.array([cat_to_label[p["category_id"]] for p in preds], np.int32),
-                np.array([p["score"] for p in preds], np.float32),
-                self.dataset.class_names,
-                gt_boxes=s["boxes"], gt_labels=s["labels"],
-                score_threshold=self.config.eval.draw_score_threshold,
-            ))
+            boxes = (
+                np.array(
+                    [[x, y, x + bw, y + bh] for x, y, bw, bh in (p["bbox"] for p in preds)],
+                    np.float32,
+                ).reshape(-1, 4)
+                * scale
+            )
+            tiles.append(
+                draw_detections(
+                    s["image"],
+                    boxes,
+                    np.array([cat_to_label[p["category_id"]] for p in preds], np.int32),
+                    np.array([p["score"] for p in preds], np.float32),
+                    self.dataset.class_names,
+                    gt_boxes=s["boxes"],
+                    gt_labels=s["labels"],
+                    score_threshold=self.config.eval.draw_score_threshold,
+                )
+            )
         grid = image_grid(tiles, cols=min(4, len(tiles)))
         save_png(os.path.join(self.workdir, "eval_images.png"), grid)
         if self.writer is not None:

@@ -14,7 +14,7 @@ _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
 def build_model(config: Any) -> DETR:
-    """Builds the model named by `config.model.name` from `config.model` and `config.num_classes`."""
+    """Builds the model named by `config.model.name` (with `config.model`, `config.num_classes`)."""
     m = config.model
     if m.name not in MODEL_CHOICES:
         raise ValueError(f"model.name={m.name!r}; choose one of {MODEL_CHOICES}")

@@ -69,9 +69,7 @@ class ResidualBlock(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, mask_in: jax.Array, mask_out: jax.Array) -> jax.Array:
         def norm(name, c, zero=False):
-            return make_norm(
-                self.norm, name=name, train=self.train, zero_init=zero, channels=c
-            )
+            return make_norm(self.norm, name=name, train=self.train, zero_init=zero, channels=c)
 
         def apply_mask(y, m):
             return y * m.astype(y.dtype) if self.mask_features else y
@@ -197,4 +195,3 @@ class ResNet(nn.Module):
     def num_channels(self) -> int:
         kind, _ = RESNET_SPECS[self.depth]
         return self.width * 8 * (4 if kind == "bottleneck" else 1)
-

@@ -59,8 +59,9 @@ class MLP(nn.Module):
         fan_in = self.input_dim
         for i in range(self.num_layers):
             last = i == self.num_layers - 1
-            x = _torch_dense(self.output_dim if last else self.hidden_dim, fan_in, f"layers_{i}",
-                             self.dtype)(x)
+            x = _torch_dense(
+                self.output_dim if last else self.hidden_dim, fan_in, f"layers_{i}", self.dtype
+            )(x)
             fan_in = self.hidden_dim
             if not last:
                 x = nn.relu(x)

@@ -115,7 +115,9 @@ class _LayerBase(nn.Module):
     dtype: Any = None
 
     def _attn(self, name):
-        return MultiHeadAttention(self.hidden_dim, self.num_heads, self.dropout, self.dtype, name=name)
+        return MultiHeadAttention(
+            self.hidden_dim, self.num_heads, self.dropout, self.dtype, name=name
+        )
 
     def _residual(self, x, y, norm, deterministic, name):
         y = nn.Dropout(self.dropout, name=f"dropout_{name}")(y, deterministic=deterministic)
@@ -134,7 +136,9 @@ class EncoderLayer(_LayerBase):
         y = self._attn("self_attn")(qk, qk, x, key_mask=key_mask, deterministic=deterministic)
         src = self._residual(src, y, norm1, deterministic, "1")
         x = norm2(src) if self.pre_norm else src
-        ffn = FeedForward(self.hidden_dim, self.dim_feedforward, self.dropout, self.dtype, name="ffn")
+        ffn = FeedForward(
+            self.hidden_dim, self.dim_feedforward, self.dropout, self.dtype, name="ffn"
+        )
         y = ffn(x, deterministic)
         return self._residual(src, y, norm2, deterministic, "2")
 
@@ -142,7 +146,13 @@ class EncoderLayer(_LayerBase):
 class DecoderLayer(_LayerBase):
     @nn.compact
     def __call__(
-        self, tgt, memory, memory_mask, pos, query_pos, self_attn_mask=None,
+        self,
+        tgt,
+        memory,
+        memory_mask,
+        pos,
+        query_pos,
+        self_attn_mask=None,
         deterministic: bool = True,
     ):
         """tgt, query_pos [B, Q, D]; memory, pos [B, N, D]; memory_mask [B, N] -> [B, Q, D]."""
@@ -159,7 +169,9 @@ class DecoderLayer(_LayerBase):
         )
         tgt = self._residual(tgt, y, norms[1], deterministic, "2")
         x = norms[2](tgt) if self.pre_norm else tgt
-        ffn = FeedForward(self.hidden_dim, self.dim_feedforward, self.dropout, self.dtype, name="ffn")
+        ffn = FeedForward(
+            self.hidden_dim, self.dim_feedforward, self.dropout, self.dtype, name="ffn"
+        )
         y = ffn(x, deterministic)
         return self._residual(tgt, y, norms[2], deterministic, "3")
 

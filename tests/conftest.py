@@ -1,0 +1,73 @@
+"""Shared fixtures: a tiny config and one short end-to-end run reused by several tests."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import pytest  # noqa: E402
+
+from detr_jax.config_base import base_config  # noqa: E402
+
+
+def tiny_config(**overrides):
+    """A DETR small enough to compile and step in about a second on one CPU core."""
+    c = base_config()
+    c.dataset = "shapes"
+    c.num_classes = 6
+    c.total_steps = 6
+    c.batch_size = 4
+    c.log_every = 3
+    c.eval_every = 0
+    c.checkpoint_every = 3
+    c.max_boxes = 8
+    c.image_buckets = [(96, 96)]
+    c.shapes.num_val = 8
+    c.eval.batch_size = 4
+    c.eval.num_images_to_draw = 2
+    c.use_tensorboard = False
+    m = c.model
+    m.backbone = "resnet18"
+    m.backbone_width = 8
+    m.backbone_norm = "bn"
+    m.backbone_frozen_stages = 0
+    m.dilation = True
+    m.hidden_dim = 32
+    m.nheads = 4
+    m.enc_layers = 1
+    m.dec_layers = 2
+    m.dim_feedforward = 64
+    m.num_queries = 10
+    c.optim.lr = 1e-3
+    c.optim.backbone_lr_mult = 1.0
+    c.optim.schedule = "constant"
+    for k, v in overrides.items():
+        node = c
+        *parents, leaf = k.split(".")
+        for p in parents:
+            node = node[p]
+        node[leaf] = v
+    return c
+
+
+@pytest.fixture(scope="session")
+def cli_run(tmp_path_factory):
+    """One `python -m detr_jax.main` run of a few steps (in a subprocess), shared by tests."""
+    import subprocess
+    import sys
+
+    workdir = tmp_path_factory.mktemp("cli_run")
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    cmd = [
+        sys.executable,
+        "-m",
+        "detr_jax.main",
+        "--config=tests/tiny_config.py",
+        f"--workdir={workdir}",
+        "--config.total_steps=6",
+        "--config.checkpoint_every=3",
+    ]
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    proc = subprocess.run(cmd, cwd=root, env=env, capture_output=True, text=True, timeout=600)
+    return workdir, proc
