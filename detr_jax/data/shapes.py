@@ -340,27 +340,26 @@ def image_file_name(image_id: int) -> str:
 def coco_ground_truth(samples: Iterable[dict], class_names: Iterable[str]) -> dict:
     """COCO-format dict (images, annotations, categories) for samples with masks.
 
-    ``bbox`` is [x, y, w, h] pixels of the full box, ``area`` the visible mask area,
-    ``segmentation`` the visible mask as RLE (counts as str); category_id = label + 1.
+    The evaluation's ground truth (``coco_gt_from_samples``: ``bbox`` [x, y, w, h] pixels of the
+    full box, ``area`` the visible mask area) plus ``file_name`` per image and the visible mask
+    as RLE ``segmentation`` (counts as str); category_id = label + 1.
     """
     from pycocotools import mask as mask_util
 
-    images, annotations = [], []
-    for s in samples:
-        h, w = s["image"].shape[:2]
-        images.append({"id": int(s["image_id"]), "file_name": image_file_name(s["image_id"]),
-                       "height": int(h), "width": int(w)})
-        for box, label, m in zip(s["boxes"], s["labels"], s["masks"], strict=True):
-            rle = mask_util.encode(np.asfortranarray(m.astype(np.uint8)))
-            rle["counts"] = rle["counts"].decode("ascii")
-            x0, y0, x1, y1 = (float(v) for v in box)
-            annotations.append({
-                "id": len(annotations) + 1, "image_id": int(s["image_id"]),
-                "category_id": int(label) + 1, "bbox": [x0, y0, x1 - x0, y1 - y0],
-                "area": float(m.sum()), "iscrowd": 0, "segmentation": rle,
-            })
-    return {"images": images, "annotations": annotations,
-            "categories": coco_categories(class_names)}
+    from detr_jax.evaluation.coco_eval import coco_gt_from_samples
+
+    samples = list(samples)
+    names = list(class_names)
+    gt = coco_gt_from_samples(samples, list(range(1, len(names) + 1)), names)
+    gt["categories"] = coco_categories(names)
+    for image in gt["images"]:
+        image["file_name"] = image_file_name(image["id"])
+    masks = [m for s in samples for m in s["masks"]]
+    for ann, m in zip(gt["annotations"], masks, strict=True):
+        rle = mask_util.encode(np.asfortranarray(m.astype(np.uint8)))
+        rle["counts"] = rle["counts"].decode("ascii")
+        ann["segmentation"] = rle
+    return gt
 
 
 def export_coco(samples: Iterable[dict], out_dir: str, class_names: Iterable[str]) -> str:

@@ -57,9 +57,10 @@ def coco_gt_from_samples(
 
     Returns:
       ``{"info", "licenses", "images", "annotations", "categories"}``; annotations have
-      ``bbox`` [x, y, w, h] in original-image pixels, ``area = w * h`` (box area, see the
-      module docstring), ``iscrowd = 0`` and ids starting at 1. Images without boxes are
-      kept (they only contribute false positives).
+      ``bbox`` [x, y, w, h] in original-image pixels, ``area`` the instance-mask area when
+      the sample has ``masks`` [N, H, W], else ``w * h`` (box area, see the module
+      docstring), ``iscrowd = 0`` and ids starting at 1. Images without boxes are kept
+      (they only contribute false positives).
     """
     if len(category_ids) != len(class_names):
         raise ValueError("category_ids and class_names must have the same length")
@@ -91,16 +92,20 @@ def coco_gt_from_samples(
         labels = np.asarray(sample["labels"], dtype=np.int64).reshape(-1)
         if img_h is not None and (img_h, img_w) != (orig_h, orig_w):
             boxes = boxes * np.array([orig_w / img_w, orig_h / img_h] * 2)
-        for box, label in zip(boxes, labels, strict=True):
+        masks = sample.get("masks")
+        pixel_area = 1.0 if img_h is None else (orig_h / img_h) * (orig_w / img_w)
+        for i, (box, label) in enumerate(zip(boxes, labels, strict=True)):
             x0, y0, x1, y1 = (float(v) for v in box)
             w, h = max(x1 - x0, 0.0), max(y1 - y0, 0.0)
+            # COCO's area is the segmentation area where an instance mask exists.
+            area = w * h if masks is None else float(np.sum(masks[i])) * pixel_area
             annotations.append(
                 {
                     "id": len(annotations) + 1,  # pycocotools treats id 0 as "no match"
                     "image_id": image_id,
                     "category_id": int(category_ids[int(label)]),
                     "bbox": [x0, y0, w, h],
-                    "area": w * h,
+                    "area": area,
                     "iscrowd": 0,
                 }
             )
