@@ -30,14 +30,14 @@ def param_labels(params: Any, frozen_stages: int = 0) -> Any:
     """Returns a pytree of labels ("frozen" / "backbone" / "transformer") shaped like params."""
     frozen_prefixes = frozen_stage_prefixes(frozen_stages)
     flat = flax.traverse_util.flatten_dict(params)
+    # FrozenBatchNorm modules are the ones holding running statistics among their params
+    # (trainable flax BatchNorm keeps them in `batch_stats`, GroupNorm has none).
+    frozen_bn_modules = {k[:-1] for k in flat if k[-1] == "running_mean"}
 
     def label(path: tuple[str, ...]) -> str:
         if path[0] != "backbone":
             return "transformer"
-        leaf = path[-1]
-        if leaf in ("running_mean", "running_var") or (
-            leaf in ("weight", "bias") and _is_frozen_bn(path)
-        ):
+        if path[:-1] in frozen_bn_modules:
             return "frozen"
         top = path[1]
         if any(top == p or top.startswith(p + "_") for p in frozen_prefixes):
@@ -45,13 +45,6 @@ def param_labels(params: Any, frozen_stages: int = 0) -> Any:
         return "backbone"
 
     return flax.traverse_util.unflatten_dict({k: label(k) for k in flat})
-
-
-def _is_frozen_bn(path: tuple[str, ...]) -> bool:
-    # FrozenBatchNorm keeps PyTorch names (weight/bias/running_*) directly under a bn* module;
-    # convolutions use "kernel" and flax norms use "scale"/"bias".
-    module = path[-2]
-    return module.startswith("bn") or module == "downsample_1"
 
 
 def make_schedule(optim: Any, total_steps: int) -> Callable[[Any], Any]:

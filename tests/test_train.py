@@ -150,6 +150,11 @@ def test_frozen_parameters_get_exactly_zero_updates_and_backbone_lr_multiplier()
     assert labels["backbone"]["layer2_0"]["bn1"]["running_var"] == "frozen"
     assert labels["backbone"]["layer2_0"]["bn1"]["weight"] == "frozen"
     assert labels["class_embed"]["kernel"] == "transformer"
+    # Trainable norms (from scratch) are trained, biases included.
+    _, _, _, bn_state = _setup(tiny_config(**{"model.backbone_norm": "bn"}))
+    bn_labels = optim.param_labels(bn_state.params, 0)
+    assert bn_labels["backbone"]["layer2_0"]["bn1"]["bias"] == "backbone"
+    assert bn_labels["backbone"]["bn1"]["scale"] == "backbone"
     grads = jax.tree.map(lambda p: jnp.full_like(p, 0.5), state.params)
     updates, _ = tx.update(grads, state.opt_state, state.params)
     flat_u = jax.tree.leaves(updates)
