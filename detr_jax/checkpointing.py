@@ -1,36 +1,63 @@
 """Checkpoints with orbax: save every N steps, keep K, resume from the newest complete one.
 
 A checkpoint holds the train state pytree (params, batch_stats, opt_state, step, rng) and JSON
-metadata (the config, the detr_jax version and the param-tree shapes). orbax writes each step to a
-temporary directory and renames it when complete, so a save interrupted by a crash is never listed
-as a step and restarting uses the last complete one.
+metadata (the config, the detr_jax version and the param and batch-statistics shapes).
+
+Crash safety: orbax writes each step to `<step>.orbax-checkpoint-tmp-*` and renames it when
+complete, so a save interrupted by a crash (kill -9, OOM, preemption without grace) is never
+listed as a step. On file systems without atomic renames, or when a listed checkpoint cannot be
+read, `restore_latest` warns and falls back to the next older one.
+
+Compatibility: a checkpoint whose shapes differ from the model built from the config raises
+`CheckpointMismatchError` listing every mismatched path with both shapes; orbax's own restore is
+strict as well (no padding or truncation), so nothing is broadcast or truncated silently.
 """
 
 from __future__ import annotations
 
+import json
 import os
 from typing import Any
 
 import flax.traverse_util
 import jax
 import orbax.checkpoint as ocp
+from absl import logging
 
 import detr_jax
 
 
+class CheckpointMismatchError(ValueError):
+    """A checkpoint that does not fit the model built from the current config."""
+
+
 def param_shapes(params: Any) -> dict[str, list[int]]:
     """{'backbone/conv1/kernel': [7, 7, 3, 64], ...} for the metadata and mismatch messages."""
+    if not params:
+        return {}
     flat = flax.traverse_util.flatten_dict(params, sep="/")
     return {k: list(v.shape) for k, v in flat.items()}
 
 
 def make_manager(workdir: str, every: int, keep: int) -> ocp.CheckpointManager:
+    """An orbax manager on `workdir/checkpoints` saving every `every` steps, keeping `keep`.
+
+    Temporary directories left by interrupted saves are deleted when the manager is created.
+    """
     options = ocp.CheckpointManagerOptions(
-        max_to_keep=keep, save_interval_steps=max(int(every), 1), create=True
+        max_to_keep=keep,
+        save_interval_steps=max(int(every), 1),
+        create=True,
+        cleanup_tmp_directories=True,  # leftovers of saves interrupted by a crash
     )
     return ocp.CheckpointManager(
         os.path.join(os.path.abspath(workdir), "checkpoints"), options=options
     )
+
+
+def step_path(manager: ocp.CheckpointManager, step: int) -> str:
+    """The directory of checkpoint `step`."""
+    return os.path.join(str(manager.directory), str(step))
 
 
 def save(
@@ -41,6 +68,7 @@ def save(
         "detr_jax_version": detr_jax.__version__,
         "config": config_json,
         "param_shapes": param_shapes(state.params),
+        "batch_stats_shapes": param_shapes(state.batch_stats),
     }
     return manager.save(
         step,
@@ -49,30 +77,85 @@ def save(
     )
 
 
-def restore_latest(manager: ocp.CheckpointManager, target: Any) -> tuple[Any, dict] | None:
-    """Restores the newest checkpoint into the structure, shapes and shardings of `target`.
-
-    Returns (state, metadata) or None when the directory holds no complete checkpoint. A checkpoint
-    whose parameter shapes differ from `target` raises ValueError listing the mismatched paths.
-    """
-    step = manager.latest_step()
-    if step is None:
-        return None
-    meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))["meta"]
-    expected = param_shapes(target.params)
-    saved = meta.get("param_shapes", {})
-    diffs = [
-        f"{k}: checkpoint {saved.get(k)} vs model {expected.get(k)}"
+def _shape_diffs(kind: str, saved: dict, expected: dict) -> list[str]:
+    return [
+        f"{kind} {k}: checkpoint {saved.get(k, 'missing')} vs model {expected.get(k, 'missing')}"
         for k in sorted(set(saved) | set(expected))
         if saved.get(k) != expected.get(k)
     ]
-    if diffs:
-        raise ValueError(
-            f"checkpoint step {step} in {manager.directory} does not fit this config; "
-            f"mismatched params ({len(diffs)}):\n  " + "\n  ".join(diffs[:50])
+
+
+def check_compatible(meta: dict, target: Any, where: str) -> None:
+    """Raises CheckpointMismatchError listing every path whose shape differs from `target`."""
+    diffs = _shape_diffs("param", meta.get("param_shapes", {}), param_shapes(target.params))
+    if "batch_stats_shapes" in meta:  # absent in older checkpoints
+        diffs += _shape_diffs(
+            "batch_stats", meta["batch_stats_shapes"], param_shapes(target.batch_stats)
         )
+    if diffs:
+        raise CheckpointMismatchError(
+            f"checkpoint {where} does not fit this config (saved by detr_jax "
+            f"{meta.get('detr_jax_version', '?')}); {len(diffs)} mismatched paths:\n  "
+            + "\n  ".join(diffs[:50])
+            + ("\n  ..." if len(diffs) > 50 else "")
+            + "\nUse the config the checkpoint was trained with (its `config` metadata, or "
+            "config.json in the workdir), or a fresh workdir."
+        )
+
+
+def _log_differences(meta: dict, config_json: str | None) -> None:
+    if meta.get("detr_jax_version") != detr_jax.__version__:
+        logging.warning(
+            "checkpoint written by detr_jax %s, running %s",
+            meta.get("detr_jax_version"),
+            detr_jax.__version__,
+        )
+    if config_json is None or "config" not in meta:
+        return
+    old = flax.traverse_util.flatten_dict(json.loads(meta["config"]), sep=".")
+    new = flax.traverse_util.flatten_dict(json.loads(config_json), sep=".")
+    changed = [
+        f"{k}: {old.get(k)!r} -> {new.get(k)!r}"
+        for k in sorted(set(old) | set(new))
+        if old.get(k) != new.get(k)
+    ]
+    if changed:
+        logging.warning("config differs from the checkpoint's: %s", "; ".join(changed))
+
+
+def restore_latest(
+    manager: ocp.CheckpointManager, target: Any, config_json: str | None = None
+) -> tuple[Any, dict] | None:
+    """Restores the newest readable checkpoint into the structure, shapes and shardings of `target`.
+
+    Returns (state, metadata), or None when the directory holds no complete checkpoint. A
+    checkpoint that cannot be read (half-written by a crash) is skipped with a warning in favour
+    of the next older one. Shape mismatches raise CheckpointMismatchError. With `config_json`,
+    config fields that changed since the checkpoint are logged.
+    """
+    manager.reload()
     abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
-    restored = manager.restore(
-        step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract))
-    )
-    return restored["state"], meta
+    for step in sorted(manager.all_steps(), reverse=True):
+        where = step_path(manager, step)
+        try:
+            meta = manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+            meta = meta["meta"]
+        except Exception as e:  # any read failure: incomplete
+            logging.warning("skipping unreadable checkpoint %s: %s", where, str(e)[:300])
+            continue
+        check_compatible(meta, target, where)
+        try:
+            restored = manager.restore(
+                step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract))
+            )
+        except ValueError as e:
+            if "not compatible" in str(e) or "do not match" in str(e):
+                raise CheckpointMismatchError(f"checkpoint {where} does not fit: {e}") from e
+            logging.warning("skipping unreadable checkpoint %s: %s", where, str(e)[:300])
+            continue
+        except Exception as e:
+            logging.warning("skipping unreadable checkpoint %s: %s", where, str(e)[:300])
+            continue
+        _log_differences(meta, config_json)
+        return restored["state"], dict(meta, step=step, path=where)
+    return None

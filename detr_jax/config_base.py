@@ -23,7 +23,8 @@ def base_config() -> ml_collections.ConfigDict:
     c.max_boxes = 8
     c.image_buckets = [(96, 96)]  # (H, W) canvases the batches are padded to
     c.use_tensorboard = True
-    c.max_consecutive_nonfinite = 20
+    c.max_consecutive_nonfinite = 20  # skipped (NaN/inf) steps in a row before the run stops
+    c.preemption_sync_every = 1  # multi-process: steps between agreeing on a SIGTERM stop
 
     m = c.model = ml_collections.ConfigDict()
     m.name = "detr"

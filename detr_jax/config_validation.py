@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import tempfile
 from typing import Any
 
+from detr_jax.data import DATASET_CHOICES, SHAPES_SPECS
 from detr_jax.matching import MATCHERS
 from detr_jax.models import MODEL_CHOICES
 from detr_jax.models.backbone import BACKBONE_CHOICES
@@ -16,8 +19,28 @@ class ConfigError(ValueError):
     """A config value that cannot work; the message names the field."""
 
 
-def validate_config(config: Any, num_devices: int) -> None:
-    """Raises ConfigError listing every invalid field of `config` (one line each)."""
+def workdir_problem(workdir: str) -> str | None:
+    """Why `workdir` cannot hold checkpoints and results (None when it can).
+
+    Creates the directory if needed and writes and deletes a probe file in it. Remote paths
+    (`gs://...`) are left to the storage client.
+    """
+    if "://" in workdir:
+        return None
+    try:
+        os.makedirs(workdir, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=workdir, prefix=".write_probe_"):
+            pass
+    except OSError as e:
+        return f"{type(e).__name__}: {e.strerror or e}"
+    return None
+
+
+def validate_config(config: Any, num_devices: int, workdir: str | None = None) -> None:
+    """Raises ConfigError listing every invalid field of `config` (one line each).
+
+    With `workdir`, also checks that it can be created and written.
+    """
     errors: list[str] = []
 
     def need(ok: bool, msg: str) -> None:
@@ -28,6 +51,9 @@ def validate_config(config: Any, num_devices: int) -> None:
         need(value in choices, f"{field}={value!r}: choose one of {choices}")
 
     m = config.model
+    choice("dataset", config.dataset, DATASET_CHOICES)
+    if config.dataset == "shapes":
+        choice("shapes.spec", config.shapes.spec, tuple(SHAPES_SPECS))
     choice("model.name", m.name, MODEL_CHOICES)
     choice("model.backbone", m.backbone, BACKBONE_CHOICES)
     choice("model.backbone_norm", m.backbone_norm, NORM_CHOICES)
@@ -50,11 +76,20 @@ def validate_config(config: Any, num_devices: int) -> None:
         "model.nheads",
         "model.dec_layers",
         "eval.batch_size",
+        "log_every",
+        "keep_checkpoints",
+        "max_consecutive_nonfinite",
+        "preemption_sync_every",
     ):
         value = config
         for part in field.split("."):
             value = value[part]
         need(isinstance(value, int) and value > 0, f"{field}={value!r} must be a positive integer")
+    for field in ("eval_every", "checkpoint_every", "optim.warmup_steps"):
+        value = config
+        for part in field.split("."):
+            value = value[part]
+        need(isinstance(value, int) and value >= 0, f"{field}={value!r} must be an integer >= 0")
     need(m.enc_layers >= 0, f"model.enc_layers={m.enc_layers} must be >= 0")
     need(
         m.hidden_dim % m.nheads == 0,
@@ -85,5 +120,8 @@ def validate_config(config: Any, num_devices: int) -> None:
         len(buckets) > 0 and all(len(b) == 2 and b[0] > 0 and b[1] > 0 for b in buckets),
         f"image_buckets={buckets!r} must be a non-empty list of positive (H, W) pairs",
     )
+    if workdir is not None:
+        problem = workdir_problem(workdir)
+        need(problem is None, f"workdir={workdir!r} is not writable ({problem})")
     if errors:
         raise ConfigError("invalid config:\n  " + "\n  ".join(errors))

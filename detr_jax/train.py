@@ -24,7 +24,7 @@ from absl import logging
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from detr_jax import checkpointing, data, optim
+from detr_jax import checkpointing, data, optim, preemption
 from detr_jax.config_validation import validate_config
 from detr_jax.evaluation.evaluator import Evaluator
 from detr_jax.evaluation.postprocess import postprocess
@@ -189,9 +189,79 @@ def to_global(batch: dict[str, np.ndarray], sharding: NamedSharding) -> dict[str
     return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}
 
 
+class NonFiniteStop(RuntimeError):
+    """Training stopped after `max_consecutive_nonfinite` skipped (non-finite) steps in a row."""
+
+
+class NonFiniteMonitor:
+    """Counts consecutive skipped steps on the host from the steps' `nonfinite` flags.
+
+    The loop reads each step's flag one step late (after dispatching the next step), so the read
+    waits for a step that is done or nearly done and the device always has the next step queued:
+    no pipeline bubble, unlike reading the flag of the step just dispatched.
+    """
+
+    def __init__(self, limit: int):
+        self.limit = limit
+        self.streak = 0  # consecutive skipped steps up to the last observed one
+        self.first_bad: int | None = None  # first step of the current streak
+        self.total = 0
+
+    def observe(self, step: int, nonfinite: float) -> None:
+        if nonfinite > 0:
+            self.streak += 1
+            self.total += 1
+            self.first_bad = step if self.streak == 1 else self.first_bad
+            logging.warning(
+                "step %d: non-finite loss or gradient norm, update skipped (%d in a row, "
+                "%d in all; the limit is max_consecutive_nonfinite=%d)",
+                step,
+                self.streak,
+                self.total,
+                self.limit,
+            )
+        else:
+            self.streak, self.first_bad = 0, None
+
+    @property
+    def exceeded(self) -> bool:
+        return self.streak >= self.limit
+
+    def error(self, manager: Any, step: int) -> NonFiniteStop:
+        """The error to raise, naming the newest checkpoint saved before the streak."""
+        manager.wait_until_finished()
+        manager.reload()
+        good = [s for s in manager.all_steps() if s <= self.first_bad]
+        where = (
+            f"the last good checkpoint is step {max(good)} at "
+            f"{checkpointing.step_path(manager, max(good))}"
+            if good
+            else "no checkpoint was saved before it (restart from scratch)"
+        )
+        return NonFiniteStop(
+            f"stopping at step {step}: the loss or gradient norm was non-finite in "
+            f"{self.streak} consecutive steps ({self.first_bad}..{self.first_bad + self.streak - 1}"
+            f"; max_consecutive_nonfinite={self.limit}); {where}. Its parameters come from finite "
+            "updates only. See README 'Troubleshooting: NaN losses' (lower optim.lr, raise "
+            "optim.warmup_steps, keep optim.clip_norm > 0, check the data for bad boxes)."
+        )
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
-    """Trains `config.total_steps` steps (resuming from `workdir`), evaluates; returns metrics."""
-    validate_config(config, jax.device_count())
+    """Trains `config.total_steps` steps (resuming from `workdir`), evaluates; returns metrics.
+
+    Stops early, with a checkpoint at the step where it stops, on SIGTERM/SIGINT (returns {}; the
+    next start resumes), and raises NonFiniteStop after `config.max_consecutive_nonfinite`
+    consecutive skipped steps.
+    """
+    validate_config(config, jax.device_count(), workdir=workdir)
+    with preemption.StopSignal(config.preemption_sync_every) as stop:
+        return _train_and_evaluate(config, workdir, stop)
+
+
+def _train_and_evaluate(
+    config: ml_collections.ConfigDict, workdir: str, stop: preemption.StopSignal
+) -> dict[str, float]:
     os.makedirs(workdir, exist_ok=True)
     mesh = make_mesh()
     dataset = data.build_dataset(config)
@@ -208,13 +278,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
     state = jax.device_put(state, state_sharding)
     logging.info("params: %d", sum(x.size for x in jax.tree.leaves(state.params)))
 
+    config_json = config.to_json()
     manager = checkpointing.make_manager(workdir, config.checkpoint_every, config.keep_checkpoints)
-    restored = checkpointing.restore_latest(manager, state)
+    restored = checkpointing.restore_latest(manager, state, config_json)
     if restored is not None:
         state = jax.device_put(restored[0], state_sharding)
-        logging.info("resumed from %s at step %d", manager.directory, int(state.step))
+        logging.info("resumed from %s at step %d", restored[1]["path"], int(state.step))
     start_step = int(state.step)
-    config_json = config.to_json()
     if jax.process_index() == 0:
         with open(os.path.join(workdir, "config.json"), "w") as f:
             f.write(config_json)
@@ -230,13 +300,22 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         process_index=jax.process_index(),
         process_count=jax.process_count(),
     )
+    monitor = NonFiniteMonitor(config.max_consecutive_nonfinite)
     pending: list[dict[str, jax.Array]] = []
+    previous: tuple[int, dict[str, jax.Array]] | None = None  # its flag is read one step late
     t_last, step_last, train_time = time.time(), start_step, 0.0
     eval_metrics: dict[str, float] = {}
+    preempted = False
     for step in range(start_step + 1, config.total_steps + 1):
         with jax.profiler.StepTraceAnnotation("train", step_num=step):
             state, metrics = p_train(state, to_global(next(batches), data_sharding))
+        if previous is not None:
+            monitor.observe(previous[0], float(previous[1]["nonfinite"]))
+        previous = (step, metrics)
         pending.append(metrics)
+        if monitor.exceeded:
+            writer.flush()
+            raise monitor.error(manager, step)
         if step % config.log_every == 0 or step == config.total_steps:
             summary = {
                 k: float(np.mean([m[k] for m in jax.device_get(pending)])) for k in pending[0]
@@ -255,14 +334,29 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
                 summary["steps_per_sec"],
             )
             pending, t_last, step_last = [], now, step
-        if checkpointing.save(manager, step, state, config_json):
+        # No periodic save during a non-finite streak: it would rotate out good checkpoints.
+        if monitor.streak == 0 and checkpointing.save(manager, step, state, config_json):
             logging.info("saving checkpoint at step %d", step)
+        if stop.should_stop(step):
+            if manager.latest_step() != step:
+                checkpointing.save(manager, step, state, config_json, force=True)
+            manager.wait_until_finished()
+            logging.warning(
+                "stopped by signal after step %d; checkpoint %s saved; rerun the same command "
+                "to resume",
+                step,
+                checkpointing.step_path(manager, step),
+            )
+            preempted = True
+            break
         final = step == config.total_steps
         if final or (config.eval_every > 0 and step % config.eval_every == 0):
             eval_metrics = evaluator.run(state, step, write_files=True, draw=final)
             writer.write_scalars(step, {f"eval/{k}": v for k, v in eval_metrics.items()})
             writer.write_scalars(step, {"train_time_s": train_time})
             t_last = time.time()  # evaluation time is not training time
+    if previous is not None and not preempted:
+        monitor.observe(previous[0], float(previous[1]["nonfinite"]))
     if restored is not None and start_step >= config.total_steps:
         eval_metrics = evaluator.run(state, start_step, write_files=True, draw=True)
     manager.wait_until_finished()
@@ -271,6 +365,13 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
         manager.wait_until_finished()
     writer.flush()
     if jax.process_index() == 0:
+        summary = {
+            "step": int(state.step),
+            "train_time_s": train_time,
+            "skipped_steps": monitor.total,
+            "preempted": preempted,
+            **eval_metrics,
+        }
         with open(os.path.join(workdir, "train_summary.json"), "w") as f:
-            json.dump({"step": int(state.step), "train_time_s": train_time, **eval_metrics}, f)
+            json.dump(summary, f)
     return eval_metrics
