@@ -10,11 +10,11 @@ def get_config():
     c = base_config()
     c.dataset = "shapes"
     c.num_classes = 6
-    c.total_steps = 1500
-    c.batch_size = 16
+    c.total_steps = 4200
+    c.batch_size = 8
     c.log_every = 50
     c.eval_every = 0  # only at the end
-    c.checkpoint_every = 500
+    c.checkpoint_every = 1000
     c.max_boxes = 8
     c.image_buckets = [(96, 96)]
     c.shapes.num_val = 256
@@ -22,10 +22,10 @@ def get_config():
 
     m = c.model
     m.backbone = "resnet18"
-    m.backbone_width = 32
+    m.backbone_width = 16
     m.backbone_norm = "bn"
     m.backbone_frozen_stages = 0
-    m.zero_init_residual = True
+    m.zero_init_residual = False
     m.dilation = True  # stride 16: a 6x6 feature map at 96 px
     m.hidden_dim = 128
     m.nheads = 8
@@ -38,6 +38,6 @@ def get_config():
     o = c.optim
     o.lr = 2e-4
     o.backbone_lr_mult = 1.0
-    o.warmup_steps = 100
+    o.warmup_steps = 200
     o.schedule = "cosine"
     return c

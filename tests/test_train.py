@@ -36,12 +36,13 @@ def _two_image_batch(config):
     return {k: jnp.asarray(v) for k, v in batch.items()}
 
 
-def test_tiny_model_overfits_two_images():
-    config = tiny_config(**{"model.dropout": 0.0, "total_steps": 300, "optim.lr": 1e-3})
-    model, tx, schedule, state = _setup(config)
-    batch = _two_image_batch(config)
+@pytest.fixture(scope="module")
+def tiny():
+    """One tiny config, model, initial state and jitted train step shared by the tests below."""
     from detr_jax.matching import get_matcher
 
+    config = tiny_config(**{"model.dropout": 0.0, "optim.lr": 1e-3})
+    model, tx, schedule, state = _setup(config)
     step = jax.jit(
         functools.partial(
             train.train_step,
@@ -52,13 +53,19 @@ def test_tiny_model_overfits_two_images():
             loss_cfg=train.loss_kwargs(config),
         )
     )
+    apply = jax.jit(lambda v, x, m: model.apply(v, x, m))
+    return config, model, state, step, apply, _two_image_batch(config)
+
+
+def test_tiny_model_overfits_two_images(tiny):
+    config, model, state, step, apply, batch = tiny
     losses = []
-    for _ in range(config.total_steps):
+    for _ in range(300):
         state, metrics = step(state, batch)
         losses.append(float(metrics["loss"]))
     assert losses[-1] < 0.15 * losses[0], (losses[0], losses[-1])
     # Every ground-truth box is found by a confident prediction of the right class.
-    out = model.apply(
+    out = apply(
         {"params": state.params, "batch_stats": state.batch_stats},
         batch["image"],
         batch["pixel_mask"],
@@ -75,22 +82,10 @@ def test_tiny_model_overfits_two_images():
         assert np.all(np.asarray(jnp.argmax(probs[b, best], -1)) == labels)
 
 
-def test_checkpoint_round_trips_exactly(tmp_path):
-    config = tiny_config()
-    model, tx, schedule, state = _setup(config)
+def test_checkpoint_round_trips_exactly(tiny, tmp_path):
+    config, _, state, step, _, batch = tiny
     # Take one real step so the optimiser state is non-trivial.
-    batch = _two_image_batch(config)
-    from detr_jax.matching import get_matcher
-
-    state, _ = train.train_step(
-        state,
-        batch,
-        model=model,
-        tx=tx,
-        schedule=schedule,
-        matcher=get_matcher("hungarian_scipy"),
-        loss_cfg=train.loss_kwargs(config),
-    )
+    state, _ = step(state, batch)
     manager = checkpointing.make_manager(str(tmp_path), every=1, keep=2)
     assert checkpointing.save(manager, 1, state, config.to_json(), force=True)
     manager.wait_until_finished()
@@ -109,24 +104,12 @@ def test_checkpoint_round_trips_exactly(tmp_path):
         checkpointing.restore_latest(manager, other)
 
 
-def test_nonfinite_batch_skips_the_update():
-    config = tiny_config()
-    model, tx, schedule, state = _setup(config)
-    batch = _two_image_batch(config)
-    batch["image"] = batch["image"].at[0, 0, 0, 0].set(jnp.nan)
-    from detr_jax.matching import get_matcher
-
-    new_state, metrics = train.train_step(
-        state,
-        batch,
-        model=model,
-        tx=tx,
-        schedule=schedule,
-        matcher=get_matcher("hungarian_scipy"),
-        loss_cfg=train.loss_kwargs(config),
-    )
+def test_nonfinite_batch_skips_the_update(tiny):
+    _, _, state, step, _, batch = tiny
+    batch = dict(batch, image=batch["image"].at[0, 0, 0, 0].set(jnp.nan))
+    new_state, metrics = step(state, batch)
     assert float(metrics["nonfinite"]) == 1.0
-    assert int(new_state.step) == 1
+    assert int(new_state.step) == int(state.step) + 1
     same = jax.tree.map(lambda a, b: bool(jnp.array_equal(a, b)), state.params, new_state.params)
     assert all(jax.tree.leaves(same))
 
@@ -189,11 +172,9 @@ def test_lr_schedules():
     np.testing.assert_allclose(float(s(50)), 1e-4, rtol=1e-6)
 
 
-def test_postprocess_of_model_output_in_pixels():
-    config = tiny_config()
-    model, _, _, state = _setup(config)
-    batch = _two_image_batch(config)
-    out = model.apply(
+def test_postprocess_of_model_output_in_pixels(tiny):
+    _, _, state, _, apply, batch = tiny
+    out = apply(
         {"params": state.params, "batch_stats": state.batch_stats},
         batch["image"],
         batch["pixel_mask"],

@@ -15,10 +15,16 @@ from typing import Any
 import numpy as np
 
 from detr_jax.data.batching import batch_iterator
-from detr_jax.data.shapes import STANDARD_SHAPES, ShapesDataset
+from detr_jax.data.shapes import STANDARD_SHAPES, ShapesDataset, ShapesSpec
 
 DATASET_CHOICES = ("shapes", "coco")
-SHAPES_SPECS = {"standard": STANDARD_SHAPES}
+SHAPES_SPECS = {
+    "standard": STANDARD_SHAPES,
+    # An easier diagnostic variant: 4 classes, no distractor lines or blobs.
+    "plain": ShapesSpec(
+        class_names=("circle", "square", "triangle", "cross"), num_lines=(0, 0), num_blobs=(0, 0)
+    ),
+}
 
 
 def build_dataset(config: Any) -> ShapesDataset:
