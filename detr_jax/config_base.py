@@ -46,6 +46,7 @@ def base_config() -> ml_collections.ConfigDict:
     m.pre_norm = False
     m.num_queries = 100
     m.query_init_std = 1.0  # N(0, 1) as nn.Embedding in the original
+    m.dense_aux_head = False  # per-position class head on C5 (detr_jax/dense_loss.py)
     m.dtype = "float32"
 
     mt = c.matcher = ml_collections.ConfigDict()
@@ -61,6 +62,7 @@ def base_config() -> ml_collections.ConfigDict:
     ls.weight_bbox = 5.0
     ls.weight_giou = 2.0
     ls.aux_loss = True
+    ls.dense_aux_weight = 1.0  # used only with model.dense_aux_head
 
     o = c.optim = ml_collections.ConfigDict()
     o.lr = 1e-4

@@ -26,6 +26,7 @@ from jax.sharding import PartitionSpec as P
 
 from detr_jax import checkpointing, data, optim, preemption
 from detr_jax.config_validation import validate_config
+from detr_jax.dense_loss import dense_class_loss
 from detr_jax.evaluation.evaluator import Evaluator
 from detr_jax.evaluation.postprocess import postprocess
 from detr_jax.losses import detr_loss
@@ -82,7 +83,23 @@ def loss_kwargs(config: Any) -> dict:
         cost_bbox=config.matcher.cost_bbox,
         cost_giou=config.matcher.cost_giou,
         aux_loss=config.loss.aux_loss,
+        dense_aux_weight=config.loss.dense_aux_weight if config.model.dense_aux_head else 0.0,
     )
+
+
+def total_loss(outputs, batch, matcher, loss_cfg, query_valid=None):
+    """The DETR set loss plus, when the model has a dense head, its weighted dense class loss."""
+    cfg = dict(loss_cfg)
+    dense_weight = cfg.pop("dense_aux_weight", 0.0)
+    loss, metrics = detr_loss(outputs, batch, matcher, query_valid=query_valid, **cfg)
+    if dense_weight > 0 and "dense_logits" in outputs:
+        dense = dense_class_loss(
+            outputs["dense_logits"], outputs["dense_mask"], batch, cfg["num_classes"],
+            cfg["eos_coef"],
+        )
+        loss = loss + dense_weight * dense
+        metrics = dict(metrics, loss_dense=dense, loss=loss)
+    return loss, metrics
 
 
 def _apply(model, state, params, batch, train, rng=None):
@@ -115,7 +132,7 @@ def train_step(state, batch, *, model, tx, schedule, matcher, loss_cfg):
 
     def loss_fn(params):
         outputs, new_vars = _apply(model, state, params, batch, True, rng)
-        loss, metrics = detr_loss(outputs, batch, matcher, **loss_cfg)
+        loss, metrics = total_loss(outputs, batch, matcher, loss_cfg)
         return loss, (metrics, new_vars)
 
     (loss, (metrics, new_vars)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
@@ -147,7 +164,7 @@ def eval_step(state, batch, *, model, matcher, loss_cfg, top_k):
     """Predictions for a batch (postprocessed, pixels of each original image) and eval losses."""
     outputs, _ = _apply(model, state, state.params, batch, False)
     valid_q = jnp.broadcast_to(batch["image_valid"][:, None], outputs["pred_logits"].shape[1:3])
-    _, metrics = detr_loss(outputs, batch, matcher, query_valid=valid_q, **loss_cfg)
+    _, metrics = total_loss(outputs, batch, matcher, loss_cfg, query_valid=valid_q)
     post = postprocess(
         outputs["pred_logits"][-1], outputs["pred_boxes"][-1], batch["orig_size"], top_k
     )
@@ -301,6 +318,7 @@ def _train_and_evaluate(
         process_count=jax.process_count(),
     )
     monitor = NonFiniteMonitor(config.max_consecutive_nonfinite)
+    report_progress = writer.progress_hook(config.total_steps)
     pending: list[dict[str, jax.Array]] = []
     previous: tuple[int, dict[str, jax.Array]] | None = None  # its flag is read one step late
     t_last, step_last, train_time = time.time(), start_step, 0.0
@@ -313,6 +331,7 @@ def _train_and_evaluate(
             monitor.observe(previous[0], float(previous[1]["nonfinite"]))
         previous = (step, metrics)
         pending.append(metrics)
+        report_progress(step)
         if monitor.exceeded:
             writer.flush()
             raise monitor.error(manager, step)

@@ -67,6 +67,17 @@ class MetricWriter:
         batched = {k: (v[None] if v.ndim == 3 else v) for k, v in images.items()}
         self._writer.write_images(step, batched)
 
+    def progress_hook(self, total_steps: int, every_secs: float = 60.0):
+        """clu's ReportProgress (steps/s and ETA) when clu imports, else a no-op; call per step."""
+        try:
+            from clu import periodic_actions  # imports TensorFlow
+        except ImportError:  # pragma: no cover - depends on the installation
+            return lambda step: None
+        writer = self._writer if not isinstance(self._writer, _LoggingWriter) else None
+        return periodic_actions.ReportProgress(
+            num_train_steps=total_steps, writer=writer, every_secs=every_secs
+        )
+
     def flush(self) -> None:
         if self._active:
             self._writer.flush()

@@ -42,5 +42,6 @@ def build_model(config: Any) -> DETR:
         mask_backbone_features=m.mask_backbone_features,
         position_embedding=m.position_embedding,
         query_init_std=m.query_init_std,
+        dense_aux_head=m.dense_aux_head,
         dtype=_DTYPES[m.dtype],
     )

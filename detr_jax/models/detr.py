@@ -93,6 +93,7 @@ class DETR(nn.Module):
     mask_backbone_features: bool = True
     position_embedding: str = "sine"
     query_init_std: float = 1.0
+    dense_aux_head: bool = False
     dtype: Any = None
 
     @nn.compact
@@ -115,7 +116,8 @@ class DETR(nn.Module):
 
         Returns:
           `pred_logits` float32 [L, B, Q(+Qx), num_classes + 1] (last index = no object) and
-          `pred_boxes` float32 [L, B, Q(+Qx), 4] normalised cxcywh, one slice per decoder layer.
+          `pred_boxes` float32 [L, B, Q(+Qx), 4] normalised cxcywh, one slice per decoder layer;
+          with `dense_aux_head` also `dense_logits` [B, h, w, num_classes + 1] and `dense_mask`.
         """
         feats = ResNet(
             depth=self.backbone_depth,
@@ -179,7 +181,13 @@ class DETR(nn.Module):
 
         logits = _torch_dense(self.num_classes + 1, self.hidden_dim, "class_embed", self.dtype)(hs)
         boxes = MLP(self.hidden_dim, 4, 3, self.hidden_dim, self.dtype, name="bbox_embed")(hs)
-        return {
+        outputs = {
             "pred_logits": logits.astype(jnp.float32),
             "pred_boxes": jax.nn.sigmoid(boxes.astype(jnp.float32)),
         }
+        if self.dense_aux_head:
+            # Per-position class logits on C5 (see detr_jax/dense_loss.py).
+            dense = _torch_dense(self.num_classes + 1, c, "dense_class_head", self.dtype)(x)
+            outputs["dense_logits"] = dense.astype(jnp.float32)
+            outputs["dense_mask"] = mask
+        return outputs
