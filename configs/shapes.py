@@ -3,8 +3,8 @@
 Run:  python -m detr_jax.main --config=configs/shapes.py --workdir=runs/shapes
 
 Measured on the project's 2-core CPU (2026-11-21, docs/benchmarks.md): 4200 steps at 7.6
-steps/s on average, 9:47 wall clock including compile and evaluation; AP 0.043, AP50 0.104, AP75 0.030 on the
-256 held-out images. The target of AP50 >= 0.30 at 10 minutes is NOT reached yet.
+steps/s on average, 9:47 wall clock including compile and evaluation; AP 0.043, AP50 0.104,
+AP75 0.030 on the 256 held-out images. The target of AP50 >= 0.30 at 10 minutes is NOT reached yet.
 """
 
 from detr_jax.config_base import base_config
