@@ -24,15 +24,6 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
-def parse_override(text: str):
-    key, value = text.split("=", 1)
-    try:
-        value = json.loads(value)
-    except json.JSONDecodeError:
-        pass
-    return key, value
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", default="configs/shapes.py")
@@ -48,6 +39,7 @@ def main() -> None:
     from absl import logging
 
     from detr_jax import train
+    from detr_jax.config_base import apply_override
 
     logging.set_verbosity(logging.WARNING)
     spec = importlib.util.spec_from_file_location("cfg", args.config)
@@ -59,12 +51,7 @@ def main() -> None:
     config.eval_every = max(config.total_steps // max(args.evals, 1), 1)
     config.checkpoint_every = config.total_steps
     for item in args.override:
-        key, value = parse_override(item)
-        node = config
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node[p]
-        node[leaf] = value
+        apply_override(config, item)
     shutil.rmtree(args.workdir, ignore_errors=True)
     final = train.train_and_evaluate(config, args.workdir)
     wall = time.time() - t0

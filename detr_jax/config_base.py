@@ -6,6 +6,9 @@ Sub-configs: `model`, `matcher`, `loss`, `optim`, `eval`, and one per dataset (`
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 import ml_collections
 
 
@@ -91,3 +94,24 @@ def base_config() -> ml_collections.ConfigDict:
     cc = c.coco = ml_collections.ConfigDict()
     cc.data_dir = ""  # tfds data_dir holding coco/2017
     return c
+
+
+def set_field(config: ml_collections.ConfigDict, path: str, value: Any) -> None:
+    """Sets the dotted field `path` (e.g. "model.hidden_dim"); unknown fields raise KeyError."""
+    node = config
+    *parents, leaf = path.split(".")
+    for p in parents:
+        node = node[p]
+    if leaf not in node:
+        raise KeyError(f"unknown config field {path!r}")
+    node[leaf] = value
+
+
+def apply_override(config: ml_collections.ConfigDict, text: str) -> None:
+    """Applies one "field=value" override; the value is parsed as JSON when it can be."""
+    path, raw = text.split("=", 1)
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError:
+        value = raw
+    set_field(config, path, value)

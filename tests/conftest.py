@@ -8,7 +8,7 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
 import pytest  # noqa: E402
 
-from detr_jax.config_base import base_config  # noqa: E402
+from detr_jax.config_base import base_config, set_field  # noqa: E402
 
 
 def tiny_config(**overrides):
@@ -43,11 +43,7 @@ def tiny_config(**overrides):
     c.optim.backbone_lr_mult = 1.0
     c.optim.schedule = "constant"
     for k, v in overrides.items():
-        node = c
-        *parents, leaf = k.split(".")
-        for p in parents:
-            node = node[p]
-        node[leaf] = v
+        set_field(c, k, v)
     return c
 
 
