@@ -50,6 +50,7 @@ def base_config() -> ml_collections.ConfigDict:
     m.num_queries = 100
     m.query_init_std = 1.0  # N(0, 1) as nn.Embedding in the original
     m.dense_aux_head = False  # per-position class head on C5 (detr_jax/dense_loss.py)
+    m.num_query_groups = 1  # Group DETR training groups (detr_jax/models/query_groups.py)
     m.dtype = "float32"
 
     mt = c.matcher = ml_collections.ConfigDict()

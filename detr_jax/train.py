@@ -32,6 +32,7 @@ from detr_jax.evaluation.postprocess import postprocess
 from detr_jax.losses import detr_loss
 from detr_jax.matching import get_matcher
 from detr_jax.models import build_model
+from detr_jax.models.query_groups import fold_query_groups
 from detr_jax.writers import MetricWriter
 
 
@@ -84,14 +85,26 @@ def loss_kwargs(config: Any) -> dict:
         cost_giou=config.matcher.cost_giou,
         aux_loss=config.loss.aux_loss,
         dense_aux_weight=config.loss.dense_aux_weight if config.model.dense_aux_head else 0.0,
+        num_query_groups=config.model.num_query_groups,
+        num_queries=config.model.num_queries,
     )
 
 
 def total_loss(outputs, batch, matcher, loss_cfg, query_valid=None):
-    """The DETR set loss plus, when the model has a dense head, its weighted dense class loss."""
+    """The DETR set loss plus, when the model has a dense head, its weighted dense class loss.
+
+    With Group DETR training groups, each group is matched on its own and their losses averaged;
+    the logged `class_error` and `cardinality_error` then also average over the groups.
+    """
     cfg = dict(loss_cfg)
     dense_weight = cfg.pop("dense_aux_weight", 0.0)
-    loss, metrics = detr_loss(outputs, batch, matcher, query_valid=query_valid, **cfg)
+    num_groups = cfg.pop("num_query_groups", 1)
+    num_queries = cfg.pop("num_queries", outputs["pred_logits"].shape[2])
+    # Training outputs carry all Group DETR groups; evaluation outputs only group 0.
+    if outputs["pred_logits"].shape[2] != num_groups * num_queries:
+        num_groups = 1
+    set_outputs, set_batch = fold_query_groups(outputs, batch, num_groups)
+    loss, metrics = detr_loss(set_outputs, set_batch, matcher, query_valid=query_valid, **cfg)
     if dense_weight > 0 and "dense_logits" in outputs:
         dense = dense_class_loss(
             outputs["dense_logits"], outputs["dense_mask"], batch, cfg["num_classes"],

@@ -18,6 +18,7 @@ from detr_jax.models.position_encoding import (
     LearnedPositionEmbedding,
     sine_position_embedding,
 )
+from detr_jax.models.query_groups import group_self_attn_mask
 from detr_jax.models.transformer import Transformer
 
 
@@ -94,6 +95,7 @@ class DETR(nn.Module):
     position_embedding: str = "sine"
     query_init_std: float = 1.0
     dense_aux_head: bool = False
+    num_query_groups: int = 1  # Group DETR: >1 adds training-only query groups
     dtype: Any = None
 
     @nn.compact
@@ -113,6 +115,8 @@ class DETR(nn.Module):
           extra_queries: optional [B, Qx, D] query embeddings appended after the learned ones
             (hook for DN-DETR denoising groups); their outputs follow the learned queries.
           self_attn_mask: optional [B or 1, Q+Qx, Q+Qx] decoder self-attention mask.
+          With `num_query_groups` K > 1 and `train`, Q above is K * num_queries: the training
+          groups of detr_jax/models/query_groups.py, with their block-diagonal mask.
 
         Returns:
           `pred_logits` float32 [L, B, Q(+Qx), num_classes + 1] (last index = no object) and
@@ -163,6 +167,25 @@ class DETR(nn.Module):
         query_pos = jnp.broadcast_to(
             query_embed.astype(src.dtype)[None], (b, self.num_queries, self.hidden_dim)
         )
+        if self.num_query_groups > 1:
+            # Created in both modes so that the param tree does not depend on `train`.
+            group_embed = self.param(
+                "group_query_embed",
+                nn.initializers.normal(self.query_init_std),
+                ((self.num_query_groups - 1) * self.num_queries, self.hidden_dim),
+            )
+            if train:
+                if extra_queries is not None or self_attn_mask is not None:
+                    raise NotImplementedError(
+                        "model.num_query_groups > 1 cannot be combined with extra_queries or "
+                        "self_attn_mask yet"
+                    )
+                query_pos = jnp.concatenate(
+                    [query_pos, jnp.broadcast_to(group_embed.astype(src.dtype)[None],
+                                                 (b,) + group_embed.shape)],
+                    axis=1,
+                )
+                self_attn_mask = group_self_attn_mask(self.num_query_groups, self.num_queries)
         if extra_queries is not None:
             query_pos = jnp.concatenate([query_pos, extra_queries.astype(src.dtype)], axis=1)
 
