@@ -49,6 +49,7 @@ def base_config() -> ml_collections.ConfigDict:
     m.pre_norm = False
     m.num_queries = 100
     m.query_init_std = 1.0  # N(0, 1) as nn.Embedding in the original
+    m.feature_level = "C5"  # backbone level fed to the transformer (C4: stride 16, 8 dilated)
     m.dense_aux_head = False  # per-position class head on C5 (detr_jax/dense_loss.py)
     m.num_query_groups = 1  # Group DETR training groups (detr_jax/models/query_groups.py)
     m.dtype = "float32"

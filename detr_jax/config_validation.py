@@ -61,6 +61,11 @@ def validate_config(config: Any, num_devices: int, workdir: str | None = None) -
     choice("matcher.name", config.matcher.name, tuple(MATCHERS))
     choice("optim.schedule", config.optim.schedule, SCHEDULE_CHOICES)
     choice("model.backbone_frozen_stages", m.backbone_frozen_stages, (0, 1, 2, 3, 4, 5))
+    choice("model.feature_level", m.feature_level, ("C3", "C4", "C5"))
+    need(
+        isinstance(m.num_query_groups, int) and m.num_query_groups >= 1,
+        f"model.num_query_groups={m.num_query_groups!r} must be an integer >= 1",
+    )
     need(
         m.num_queries > config.max_boxes,
         f"model.num_queries={m.num_queries} must exceed max_boxes={config.max_boxes} "

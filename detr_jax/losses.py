@@ -21,11 +21,8 @@ import jax
 import jax.numpy as jnp
 
 from detr_jax.matching.base import Matcher, match_to_query_targets
-from detr_jax.matching.costs import LARGE_COST, detr_cost
+from detr_jax.matching.costs import detr_cost
 from detr_jax.ops.box_ops import box_cxcywh_to_xyxy, elementwise_giou
-
-# Cost given to queries excluded by ``query_valid`` (above any sanitised cost).
-_EXCLUDED_QUERY_COST = 10.0 * LARGE_COST
 
 
 def _flatten_layers(x: jnp.ndarray) -> jnp.ndarray:
@@ -53,8 +50,8 @@ def _compute_match(
         tile(gt_boxes),
         tile(gt_valid),
         *cost_weights,
+        query_valid=tile(query_valid),
     )  # [L*B, Q, G]
-    cost = jnp.where(tile(query_valid)[:, :, None], cost, _EXCLUDED_QUERY_COST)
     match = matcher(cost, tile(gt_valid))
     return match.reshape(num_layers, batch, gt_labels.shape[-1]).astype(jnp.int32)
 

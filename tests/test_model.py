@@ -130,6 +130,24 @@ def test_backbone_strides_and_channels(depth, dilation, stride, channels):
     assert out["C4"][0].shape[1] == 64 // 16
 
 
+@pytest.mark.parametrize("dilation,stride", [(False, 16), (True, 8)])
+def test_backbone_stops_at_the_deepest_level_asked_for(dilation, stride):
+    """C4 alone: layer4 is not built, and dilation then applies to layer3 (stride 8)."""
+    from detr_jax.models.backbone import ResNet
+
+    net = ResNet(depth=18, width=8, norm="bn", dilation=dilation, return_levels=("C4",))
+    x = jnp.zeros((1, 64, 96, 3))
+    out, variables = net.init_with_output(
+        {"params": jax.random.PRNGKey(0)}, x, jnp.ones((1, 64, 96), bool)
+    )
+    assert out["C4"][0].shape == (1, 64 // stride, 96 // stride, 32)
+    assert not any(k.startswith("layer4") for k in variables["params"])
+    with pytest.raises(ValueError, match="return_levels"):
+        ResNet(depth=18, width=8, return_levels=("C6",)).init(
+            {"params": jax.random.PRNGKey(0)}, x, jnp.ones((1, 64, 96), bool)
+        )
+
+
 def test_empty_pixel_mask_is_finite():
     """A filler image (no real pixels) must not produce NaN."""
     config = tiny_config()

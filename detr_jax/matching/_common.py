@@ -6,8 +6,12 @@ All helpers are pure ``jax.numpy`` and work under ``jit``. Shapes: ``cost [B, Q,
 
 from __future__ import annotations
 
+import abc
+
 import jax.numpy as jnp
 from jax import lax
+
+from detr_jax.matching.base import Matcher
 
 # Finite costs are clipped into [-_CLIP, _CLIP] so that the penalties below stay finite.
 _CLIP = 1e12
@@ -135,7 +139,27 @@ def batch_rows(batch: int) -> jnp.ndarray:
     return jnp.arange(batch, dtype=jnp.int32)
 
 
+class InJitMatcher(Matcher):
+    """A matcher solved inside ``jit``: ``prepare`` -> ``solve`` -> ``ensure_valid``.
+
+    Subclasses implement :meth:`solve` on a finite cost with ``Q >= G`` and at least one slot;
+    this template does the input checks, the shared non-finite rule (:func:`sanitize`), the
+    zero-slot case and the final repair into a valid one-to-one assignment.
+    """
+
+    def __call__(self, cost: jnp.ndarray, gt_valid: jnp.ndarray) -> jnp.ndarray:
+        cost, gt_valid, num_q = prepare(cost, gt_valid)
+        if cost.shape[2] == 0:
+            return jnp.full(gt_valid.shape, -1, jnp.int32)
+        return ensure_valid(cost, gt_valid, self.solve(cost, gt_valid), num_q)
+
+    @abc.abstractmethod
+    def solve(self, cost: jnp.ndarray, gt_valid: jnp.ndarray) -> jnp.ndarray:
+        """cost [B, Q', G] finite (Q' >= G, padded rows last), gt_valid [B, G] -> [B, G]."""
+
+
 __all__ = [
+    "InJitMatcher",
     "assignment_cost",
     "batch_rows",
     "check_inputs",

@@ -41,8 +41,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 from jax import lax
 
-from detr_jax.matching._common import ensure_valid, prepare
-from detr_jax.matching.base import Matcher
+from detr_jax.matching._common import InJitMatcher
 
 # Scaled integer costs span at most this many units (prices stay far below 2^31).
 INT_RANGE = 2**27
@@ -204,7 +203,7 @@ def auction_int(
     return jnp.where(gt_valid, holders(owner), -1)
 
 
-class AuctionMatcher(Matcher):
+class AuctionMatcher(InJitMatcher):
     """Auction matcher (eps-scaling, block-Jacobi bids, int32 prices); see the module docstring.
 
     ``__call__(cost [B, Q, G] f32, gt_valid [B, G] bool) -> match [B, G] int32``.
@@ -220,14 +219,11 @@ class AuctionMatcher(Matcher):
         self.theta = int(theta)
         self.max_rounds = int(max_rounds)
 
-    def __call__(self, cost: jnp.ndarray, gt_valid: jnp.ndarray) -> jnp.ndarray:
-        cost, gt_valid, num_q = prepare(cost, gt_valid)
-        batch, total_q, num_g = cost.shape
-        if num_g == 0:
-            return jnp.full((batch, 0), -1, jnp.int32)
+    def solve(self, cost: jnp.ndarray, gt_valid: jnp.ndarray) -> jnp.ndarray:
+        batch, total_q = cost.shape[:2]
         cost_t, _ = to_int_costs(cost, gt_valid)
         span = jnp.max(jnp.where(gt_valid[:, :, None], cost_t, 0), axis=(1, 2))
         eps0 = jnp.maximum(span // 4, 1).astype(jnp.int32)
         price0 = jnp.zeros((batch, total_q), jnp.int32)
         match = auction_int(cost_t, gt_valid, price0, eps0, self.theta, self.max_rounds)
-        return ensure_valid(cost, gt_valid, match, num_q)
+        return match

@@ -8,16 +8,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from detr_jax.matching._common import sanitize
 from detr_jax.ops.box_ops import box_cxcywh_to_xyxy, pairwise_giou
-
-# Value substituted for NaN / +inf cost entries (and -1e8 for -inf) so that no
-# assignment solver ever sees a non-finite number.
-LARGE_COST = 1e8
-
-
-def sanitize_cost(cost: jnp.ndarray, large: float = LARGE_COST) -> jnp.ndarray:
-    """Replace NaN and +inf by ``large`` and -inf by ``-large`` (any shape)."""
-    return jnp.nan_to_num(cost, nan=large, posinf=large, neginf=-large)
 
 
 def detr_cost(
@@ -29,6 +21,7 @@ def detr_cost(
     cost_class: float = 1.0,
     cost_bbox: float = 5.0,
     cost_giou: float = 2.0,
+    query_valid: jnp.ndarray | None = None,
 ) -> jnp.ndarray:
     """DETR matching cost between every query and every ground-truth slot.
 
@@ -44,11 +37,15 @@ def detr_cost(
       gt_boxes: [B, G, 4] ground-truth boxes, normalised ``cxcywh``.
       gt_valid: [B, G] bool, False for padding slots.
       cost_class, cost_bbox, cost_giou: weights of the three terms.
+      query_valid: optional [B, Q] bool; rows of False queries are treated like +inf, so a
+        solver uses them only for slots that no valid query can take.
 
     Returns:
       [B, Q, G] float32 cost, without gradient. Columns of invalid ground-truth
-      slots are 0 (matchers must ignore them through ``gt_valid``); non-finite
-      entries are replaced by a large finite value (see :func:`sanitize_cost`).
+      slots are 0 (matchers must ignore them through ``gt_valid``). Non-finite entries
+      (and excluded queries) get finite penalties relative to each image's cost span, the
+      one rule all matchers share (``detr_jax.matching._common.sanitize``), so that float32
+      in-jit solvers keep their precision.
     """
     logits = jax.lax.stop_gradient(jnp.asarray(pred_logits, jnp.float32))
     boxes = jax.lax.stop_gradient(jnp.asarray(pred_boxes, jnp.float32))
@@ -64,6 +61,7 @@ def detr_cost(
     giou_term = -pairwise_giou(box_cxcywh_to_xyxy(boxes), box_cxcywh_to_xyxy(tgt_boxes))
 
     cost = cost_class * class_term + cost_bbox * bbox_term + cost_giou * giou_term
-    cost = sanitize_cost(cost.astype(jnp.float32))
-    cost = jnp.where(jnp.asarray(gt_valid, bool)[:, None, :], cost, 0.0)
-    return jax.lax.stop_gradient(cost)
+    cost = cost.astype(jnp.float32)
+    if query_valid is not None:
+        cost = jnp.where(jnp.asarray(query_valid, bool)[:, :, None], cost, jnp.inf)
+    return jax.lax.stop_gradient(sanitize(cost, jnp.asarray(gt_valid, bool)))

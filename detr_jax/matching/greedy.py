@@ -12,8 +12,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 from jax import lax
 
-from detr_jax.matching._common import ensure_valid, prepare
-from detr_jax.matching.base import Matcher
+from detr_jax.matching._common import InJitMatcher
 
 
 def greedy_solve(cost: jnp.ndarray, gt_valid: jnp.ndarray) -> jnp.ndarray:
@@ -37,14 +36,11 @@ def greedy_solve(cost: jnp.ndarray, gt_valid: jnp.ndarray) -> jnp.ndarray:
     return lax.fori_loop(0, num_g, body, init)[0]
 
 
-class GreedyMatcher(Matcher):
+class GreedyMatcher(InJitMatcher):
     """Greedy baseline: ``(cost [B,Q,G] f32, gt_valid [B,G] bool) -> [B,G] int32``.
 
     Valid assignment always; no optimality bound. No constructor arguments.
     """
 
-    def __call__(self, cost: jnp.ndarray, gt_valid: jnp.ndarray) -> jnp.ndarray:
-        cost, gt_valid, num_q = prepare(cost, gt_valid)
-        if cost.shape[2] == 0:
-            return jnp.full(gt_valid.shape, -1, jnp.int32)
-        return ensure_valid(cost, gt_valid, greedy_solve(cost, gt_valid), num_q)
+    def solve(self, cost: jnp.ndarray, gt_valid: jnp.ndarray) -> jnp.ndarray:
+        return greedy_solve(cost, gt_valid)

@@ -29,8 +29,7 @@ from __future__ import annotations
 import jax.numpy as jnp
 from jax import lax
 
-from detr_jax.matching._common import ensure_valid, prepare
-from detr_jax.matching.base import Matcher
+from detr_jax.matching._common import InJitMatcher
 
 _SEARCH, _AUGMENT, _DONE = 0, 1, 2
 
@@ -160,7 +159,7 @@ def hungarian_solve(cost: jnp.ndarray, gt_valid: jnp.ndarray) -> jnp.ndarray:
     return jnp.where(gt_valid, out["col4row"], -1).astype(jnp.int32)
 
 
-class HungarianJaxMatcher(Matcher):
+class HungarianJaxMatcher(InJitMatcher):
     """Exact in-jit matcher (batched shortest augmenting path with a warm start).
 
     ``__call__(cost [B, Q, G] f32, gt_valid [B, G] bool) -> match [B, G] int32``.
@@ -168,7 +167,5 @@ class HungarianJaxMatcher(Matcher):
     No constructor arguments.
     """
 
-    def __call__(self, cost: jnp.ndarray, gt_valid: jnp.ndarray) -> jnp.ndarray:
-        cost, gt_valid, num_q = prepare(cost, gt_valid)
-        match = hungarian_solve(cost, gt_valid)
-        return ensure_valid(cost, gt_valid, match, num_q)
+    def solve(self, cost: jnp.ndarray, gt_valid: jnp.ndarray) -> jnp.ndarray:
+        return hungarian_solve(cost, gt_valid)

@@ -23,9 +23,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
-from detr_jax.matching._common import ensure_valid, prepare
+from detr_jax.matching._common import InJitMatcher
 from detr_jax.matching.auction import auction_int, to_int_costs
-from detr_jax.matching.base import Matcher
 
 
 def sinkhorn_potentials(
@@ -71,7 +70,7 @@ def sinkhorn_potentials(
     return jax.lax.fori_loop(0, num_iters, step, (f0, g0))
 
 
-class SinkhornMatcher(Matcher):
+class SinkhornMatcher(InJitMatcher):
     """Sinkhorn matcher, rounded by an auction phase; see the module docstring.
 
     ``__call__(cost [B, Q, G] f32, gt_valid [B, G] bool) -> match [B, G] int32``.
@@ -97,11 +96,8 @@ class SinkhornMatcher(Matcher):
         self.round_eps = float(round_eps)
         self.round_max_rounds = int(round_max_rounds)
 
-    def __call__(self, cost: jnp.ndarray, gt_valid: jnp.ndarray) -> jnp.ndarray:
-        cost, gt_valid, num_q = prepare(cost, gt_valid)
-        batch, total_q, num_g = cost.shape
-        if num_g == 0:
-            return jnp.full((batch, 0), -1, jnp.int32)
+    def solve(self, cost: jnp.ndarray, gt_valid: jnp.ndarray) -> jnp.ndarray:
+        total_q = cost.shape[1]
         valid3 = jnp.broadcast_to(gt_valid[:, None, :], cost.shape)
         lo = jnp.min(jnp.where(valid3, cost, jnp.inf), axis=(1, 2))
         hi = jnp.max(jnp.where(valid3, cost, -jnp.inf), axis=(1, 2))
@@ -125,4 +121,4 @@ class SinkhornMatcher(Matcher):
             max_rounds=self.round_max_rounds,
             eps_final=eps,
         )
-        return ensure_valid(cost, gt_valid, match, num_q)
+        return match

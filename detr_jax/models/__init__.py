@@ -43,6 +43,7 @@ def build_model(config: Any) -> DETR:
         position_embedding=m.position_embedding,
         query_init_std=m.query_init_std,
         dense_aux_head=m.dense_aux_head,
+        feature_level=m.feature_level,
         num_query_groups=m.num_query_groups,
         dtype=_DTYPES[m.dtype],
     )

@@ -105,6 +105,9 @@ class ResidualBlock(nn.Module):
         return apply_mask(nn.relu(y + identity), mask_out)
 
 
+LEVELS = ("C2", "C3", "C4", "C5")
+
+
 class ResNet(nn.Module):
     """ResNet backbone.
 
@@ -112,13 +115,16 @@ class ResNet(nn.Module):
       depth: 18, 34, 50 or 101.
       width: channels of the stem (64 in torchvision); stage widths are width x (1, 2, 4, 8).
       norm: "frozen_bn" (pretrained weights), "bn" or "gn" (trainable, from scratch).
-      dilation: DC5, the last stage keeps stride 16 and dilates its 3x3 convolutions by 2.
+      dilation: the last computed stage keeps the previous stride and dilates its 3x3
+        convolutions by 2: DC5 (C5 at stride 16) by default, or C4 at stride 8 when C4 is the
+        deepest level asked for.
       frozen_stages: 0 none, 1 the stem, 2 stem + layer1 (the original with pretrained weights),
         ..., 5 all. Gradients are stopped after the last frozen stage (and the optimiser gives the
         frozen parameters exactly zero updates).
       zero_init_residual: the last norm of each residual branch starts at zero (from scratch).
       mask_features: zero activations outside the real pixels (padding invariance).
-      return_levels: which of "C2".."C5" (stride 4, 8, 16, 32; 16 for C5 with DC5) to return.
+      return_levels: which of "C2".."C5" (stride 4, 8, 16, 32, halved for the dilated level)
+        to return. Stages deeper than the deepest level asked for are not built.
     """
 
     depth: int = 50
@@ -157,13 +163,17 @@ class ResNet(nn.Module):
         cur_mask = m2[:, ::2, ::2]
         x = maybe_freeze(apply_mask(x, cur_mask), 1)
 
+        unknown = set(self.return_levels) - set(LEVELS)
+        if unknown or not self.return_levels:
+            raise ValueError(f"return_levels={self.return_levels}; choose from {LEVELS}")
+        last_stage = max(LEVELS.index(level) for level in self.return_levels)
         out: dict[str, tuple[jax.Array, jax.Array]] = {}
         in_c = self.width
-        for stage, n_blocks in enumerate(blocks):
+        for stage, n_blocks in enumerate(blocks[: last_stage + 1]):
             planes = self.width * (2**stage)
             stride = 1 if stage == 0 else 2
             dilation = 1
-            if stage == 3 and self.dilation:
+            if stage == last_stage and stage > 0 and self.dilation:
                 stride, dilation = 1, 2
             out_c = planes * (4 if kind == "bottleneck" else 1)
             for b in range(n_blocks):
@@ -190,8 +200,3 @@ class ResNet(nn.Module):
             if level in self.return_levels:
                 out[level] = (x, cur_mask[..., 0])
         return out
-
-    @property
-    def num_channels(self) -> int:
-        kind, _ = RESNET_SPECS[self.depth]
-        return self.width * 8 * (4 if kind == "bottleneck" else 1)

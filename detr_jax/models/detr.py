@@ -89,6 +89,7 @@ class DETR(nn.Module):
     backbone_width: int = 64
     backbone_norm: str = "frozen_bn"
     dilation: bool = False
+    feature_level: str = "C5"
     backbone_frozen_stages: int = 0
     zero_init_residual: bool = False
     mask_backbone_features: bool = True
@@ -131,11 +132,11 @@ class DETR(nn.Module):
             frozen_stages=self.backbone_frozen_stages,
             zero_init_residual=self.zero_init_residual,
             mask_features=self.mask_backbone_features,
-            return_levels=("C5",),
+            return_levels=(self.feature_level,),
             dtype=self.dtype,
             name="backbone",
         )(images, pixel_mask, train=train)
-        x, mask = feats["C5"]
+        x, mask = feats[self.feature_level]
         b, h, w, c = x.shape
 
         if self.position_embedding == "sine":
@@ -209,7 +210,7 @@ class DETR(nn.Module):
             "pred_boxes": jax.nn.sigmoid(boxes.astype(jnp.float32)),
         }
         if self.dense_aux_head:
-            # Per-position class logits on C5 (see detr_jax/dense_loss.py).
+            # Per-position class logits on the backbone feature (see detr_jax/dense_loss.py).
             dense = _torch_dense(self.num_classes + 1, c, "dense_class_head", self.dtype)(x)
             outputs["dense_logits"] = dense.astype(jnp.float32)
             outputs["dense_mask"] = mask
