@@ -1,7 +1,8 @@
 """The full set of config fields with DETR's defaults; `configs/*.py` start from `base_config()`.
 
 Top-level fields: `total_steps`, `batch_size` (global), `eval_every`, `checkpoint_every`, ...
-Sub-configs: `model`, `matcher`, `loss`, `optim`, `eval`, and one per dataset (`shapes`, `coco`).
+Sub-configs: `model`, `matcher`, `loss`, `optim`, `eval`, one per dataset (`shapes`, `coco`,
+`custom`) and `transforms`.
 """
 
 from __future__ import annotations
@@ -93,6 +94,23 @@ def base_config() -> ml_collections.ConfigDict:
 
     cc = c.coco = ml_collections.ConfigDict()
     cc.data_dir = ""  # tfds data_dir holding coco/2017
+
+    # --- Real data (issue 4): COCO-format datasets on disk, DETR transforms -----------------
+    cu = c.custom = ml_collections.ConfigDict()  # dataset="custom" (detr_jax/data/custom.py)
+    cu.train_annotations = ""  # COCO-format JSON
+    cu.train_images = ""  # folder holding its images' file_name
+    cu.val_annotations = ""
+    cu.val_images = ""
+    cu.num_workers = 4  # image-decoding threads per process
+    t = c.transforms = ml_collections.ConfigDict()  # detr_jax/data/transforms.py (custom, coco)
+    t.scales = list(range(480, 801, 32))  # multi-scale training: shorter side choices
+    t.max_size = 1333  # longer side cap (train and eval)
+    t.select_scales = [400, 500, 600]  # RandomSelect branch: resize, then crop
+    t.crop_min = 384  # RandomSizeCrop(crop_min, crop_max)
+    t.crop_max = 600
+    t.eval_size = 800
+    t.hflip = True
+    t.random_select = True
     return c
 
 

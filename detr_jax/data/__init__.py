@@ -15,9 +15,10 @@ from typing import Any
 import numpy as np
 
 from detr_jax.data.batching import batch_iterator
+from detr_jax.data.coco_json import DataError
 from detr_jax.data.shapes import STANDARD_SHAPES, ShapesDataset, ShapesSpec
 
-DATASET_CHOICES = ("shapes", "coco")
+DATASET_CHOICES = ("shapes", "coco", "custom")
 SHAPES_SPECS = {
     "standard": STANDARD_SHAPES,
     # An easier diagnostic variant: 4 classes, no distractor lines or blobs.
@@ -27,8 +28,11 @@ SHAPES_SPECS = {
 }
 
 
-def build_dataset(config: Any) -> ShapesDataset:
-    """The dataset named by `config.dataset`."""
+def build_dataset(config: Any) -> Any:
+    """The dataset named by `config.dataset`.
+
+    Raises DataError (one line naming the file and record) for unusable COCO-format files.
+    """
     if config.dataset == "shapes":
         if config.shapes.spec not in SHAPES_SPECS:
             raise ValueError(
@@ -41,12 +45,33 @@ def build_dataset(config: Any) -> ShapesDataset:
                 f"classes {ds.class_names}"
             )
         return ds
+    if config.dataset == "custom":
+        return _build_custom(config)
     if config.dataset == "coco":
         raise NotImplementedError(
             "dataset='coco': the COCO 2017 tf.data pipeline is not built yet (Data issue). "
             "Use configs/shapes.py for now."
         )
     raise ValueError(f"dataset={config.dataset!r}; choose one of {DATASET_CHOICES}")
+
+
+def _build_custom(config: Any) -> Any:
+    from detr_jax.data.custom import CocoJsonDataset
+    from detr_jax.data.transforms import TransformConfig
+
+    cu = config.custom
+    ds = CocoJsonDataset(
+        cu.train_annotations, cu.train_images, cu.val_annotations, cu.val_images,
+        seed=config.seed, transforms=TransformConfig.from_config(config.transforms),
+        num_workers=cu.num_workers,
+    )
+    if ds.num_classes != config.num_classes:
+        raise DataError(
+            f"num_classes={config.num_classes} but {cu.train_annotations} declares "
+            f"{ds.num_classes} categories {ds.class_names}; set --config.num_classes="
+            f"{ds.num_classes}"
+        )
+    return ds
 
 
 def train_batches(
