@@ -79,13 +79,15 @@ def _prepare_targets(
         raise ValueError(f"image {sample.get('image_id')}: {len(boxes)} boxes but "
                          f"{len(labels)} labels")
     boxes = np.clip(boxes, 0.0, np.array([w, h, w, h], dtype=np.float32))
-    keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+    cxcywh = xyxy_pixels_to_cxcywh_normalised(boxes, h, w)
+    # Tested after normalising, so that a sub-pixel width that underflows to 0 is dropped too.
+    keep = (cxcywh[:, 2] > 0) & (cxcywh[:, 3] > 0)
     num_degenerate = int((~keep).sum())
-    boxes, labels = boxes[keep], labels[keep]
-    num_truncated = max(0, len(boxes) - max_boxes)
-    boxes, labels = boxes[:max_boxes], labels[:max_boxes]
+    cxcywh, labels = cxcywh[keep], labels[keep]
+    num_truncated = max(0, len(cxcywh) - max_boxes)
+    cxcywh, labels = cxcywh[:max_boxes], labels[:max_boxes]
     stats = CollateStats(num_truncated, num_degenerate)
-    return xyxy_pixels_to_cxcywh_normalised(boxes, h, w), labels, stats
+    return cxcywh, labels, stats
 
 
 def collate(
