@@ -86,7 +86,7 @@ def base_config() -> ml_collections.ConfigDict:
     e.top_k = 100
     e.num_images_to_draw = 8
     e.draw_score_threshold = 0.5
-    e.annotations_file = ""  # optional official COCO ground truth
+    e.annotations_file = ""  # coco: official instances_val2017.json (else GT built from tfds)
 
     s = c.shapes = ml_collections.ConfigDict()
     s.num_val = 256
@@ -102,6 +102,12 @@ def base_config() -> ml_collections.ConfigDict:
     cu.val_annotations = ""
     cu.val_images = ""
     cu.num_workers = 4  # image-decoding threads per process
+    cc.name = "coco/2017"  # tfds name (detr_jax/data/tfds_coco.py)
+    cc.train_split = "train"
+    cc.val_split = "validation"
+    cc.max_val_images = 0  # 0: the whole validation split
+    cc.shuffle_buffer = 1000  # tf.data shuffle buffer (examples, after the file shuffle)
+    cc.num_workers = 4  # numpy transform threads per process
     t = c.transforms = ml_collections.ConfigDict()  # detr_jax/data/transforms.py (custom, coco)
     t.scales = list(range(480, 801, 32))  # multi-scale training: shorter side choices
     t.max_size = 1333  # longer side cap (train and eval)

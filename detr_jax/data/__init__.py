@@ -48,10 +48,7 @@ def build_dataset(config: Any) -> Any:
     if config.dataset == "custom":
         return _build_custom(config)
     if config.dataset == "coco":
-        raise NotImplementedError(
-            "dataset='coco': the COCO 2017 tf.data pipeline is not built yet (Data issue). "
-            "Use configs/shapes.py for now."
-        )
+        return _build_coco(config)
     raise ValueError(f"dataset={config.dataset!r}; choose one of {DATASET_CHOICES}")
 
 
@@ -72,6 +69,32 @@ def _build_custom(config: Any) -> Any:
             f"{ds.num_classes}"
         )
     return ds
+
+
+def _build_coco(config: Any) -> Any:
+    """COCO 2017 through TFDS (detr_jax/data/tfds_coco.py, the only module importing TF)."""
+    import tensorflow_datasets as tfds
+
+    from detr_jax.data.tfds_coco import NUM_CLASSES, TfdsCocoDataset
+    from detr_jax.data.transforms import TransformConfig
+
+    cc = config.coco
+    builder = tfds.builder(cc.name, data_dir=cc.data_dir or None)
+    if not builder.is_prepared():
+        raise DataError(
+            f"{cc.name} is not prepared under coco.data_dir={cc.data_dir!r} (looked in "
+            f"{builder.data_dir}); prepare it once with `tfds build {cc.name} --data_dir=DIR` "
+            "(downloads about 25 GB) and pass --config.coco.data_dir=DIR"
+        )
+    if config.num_classes != NUM_CLASSES:
+        raise DataError(f"num_classes={config.num_classes}: COCO uses {NUM_CLASSES} (the "
+                        "original category ids, as DETR)")
+    return TfdsCocoDataset(
+        cc.data_dir, seed=config.seed, transforms=TransformConfig.from_config(config.transforms),
+        train_split=cc.train_split, val_split=cc.val_split,
+        annotations_file=config.eval.annotations_file, max_val_images=cc.max_val_images,
+        shuffle_buffer=cc.shuffle_buffer, num_workers=cc.num_workers, name=cc.name,
+    )
 
 
 def train_batches(
