@@ -117,6 +117,15 @@ def base_config() -> ml_collections.ConfigDict:
     t.eval_size = 800
     t.hflip = True
     t.random_select = True
+    a = c.augment = ml_collections.ConfigDict()  # detr_jax/data/augment.py; all off by default
+    a.randaugment_num_ops = 0  # 0: off (e.g. 2)
+    a.randaugment_magnitude = 9.0  # 0..10
+    a.mixup_prob = 0.0
+    a.mixup_alpha = 1.5  # lam ~ Beta(alpha, alpha)
+    a.cutmix_prob = 0.0
+    a.cutmix_alpha = 1.0
+    a.random_erasing_prob = 0.0
+    a.max_covered = 0.7  # CutMix / erasing: boxes covered more than this are dropped
     return c
 
 

@@ -14,6 +14,7 @@ from typing import Any
 
 import numpy as np
 
+from detr_jax.data.augment import make_augment
 from detr_jax.data.batching import batch_iterator
 from detr_jax.data.coco_json import DataError
 from detr_jax.data.shapes import STANDARD_SHAPES, ShapesDataset, ShapesSpec
@@ -60,7 +61,7 @@ def _build_custom(config: Any) -> Any:
     ds = CocoJsonDataset(
         cu.train_annotations, cu.train_images, cu.val_annotations, cu.val_images,
         seed=config.seed, transforms=TransformConfig.from_config(config.transforms),
-        num_workers=cu.num_workers,
+        num_workers=cu.num_workers, augment=make_augment(config.augment),
     )
     if ds.num_classes != config.num_classes:
         raise DataError(
@@ -94,6 +95,7 @@ def _build_coco(config: Any) -> Any:
         train_split=cc.train_split, val_split=cc.val_split,
         annotations_file=config.eval.annotations_file, max_val_images=cc.max_val_images,
         shuffle_buffer=cc.shuffle_buffer, num_workers=cc.num_workers, name=cc.name,
+        augment=make_augment(config.augment),
     )
 
 

@@ -112,6 +112,7 @@ class TfdsCocoDataset:
         shuffle_buffer: int = 1000,
         num_workers: int = 4,
         name: str = "coco/2017",
+        augment: Any = None,
     ):
         import tensorflow_datasets as tfds
 
@@ -122,6 +123,7 @@ class TfdsCocoDataset:
         self.annotations_file = annotations_file
         self.shuffle_buffer = shuffle_buffer
         self.num_workers = max(1, num_workers)
+        self.augment = augment  # (sample, rng, other) -> sample, see detr_jax.data.augment
         try:
             n_val = self._builder.info.splits[val_split].num_examples
         except KeyError:  # no split metadata (e.g. tfds.testing.mock_data): count the records
@@ -165,16 +167,23 @@ class TfdsCocoDataset:
 
         split = tfds.even_splits(self.train_split, process_count)[process_index]
         local_start = start_index // process_count
-        examples = self._examples(split, shuffle=True, repeat=True, skip=local_start)
+        # One record before the start is read too: it is the first Mixup/CutMix partner, as in
+        # the uninterrupted stream.
+        examples = self._examples(split, shuffle=True, repeat=True, skip=max(local_start - 1, 0))
 
         def items():
+            prev = next(examples) if local_start > 0 else None  # Mixup/CutMix partner
             for k, ex in enumerate(examples, start=local_start):
-                yield k * process_count + process_index, ex
+                yield k * process_count + process_index, ex, prev if prev is not None else ex
+                prev = ex
 
-        def transform(item: tuple[int, dict]) -> dict:
-            index, ex = item
+        def transform(item: tuple[int, dict, dict]) -> dict:
+            index, ex, prev = item
             rng = np.random.default_rng([self.seed, index, 12])
-            return detr_train_transform(record_to_sample(ex), self.transforms, rng)
+            sample = record_to_sample(ex)
+            if self.augment is not None:
+                sample = self.augment(sample, rng, lambda: record_to_sample(prev))
+            return detr_train_transform(sample, self.transforms, rng)
 
         return _ordered_map(transform, items(), self.num_workers)
 
