@@ -7,6 +7,7 @@ batches follow docs/interfaces.md.
 
 from __future__ import annotations
 
+import logging
 import queue
 import threading
 from collections.abc import Iterator
@@ -15,7 +16,7 @@ from typing import Any
 import numpy as np
 
 from detr_jax.data.augment import make_augment
-from detr_jax.data.batching import batch_iterator
+from detr_jax.data.batching import CollateStats, batch_iterator
 from detr_jax.data.coco_json import DataError
 from detr_jax.data.shapes import STANDARD_SHAPES, ShapesDataset, ShapesSpec
 
@@ -131,7 +132,27 @@ def train_batches(
         buckets=buckets,
         max_boxes=max_boxes,
     )
-    return _background((b for b, _ in batches), prefetch)
+    return _background(_count_dropped_boxes(batches), prefetch)
+
+
+def _count_dropped_boxes(
+    batches: Iterator[tuple[dict[str, np.ndarray], Any]], every: int = 1000
+) -> Iterator[dict[str, np.ndarray]]:
+    """Drops the CollateStats, logging the running counts of truncated (beyond max_boxes) and
+    degenerate boxes when they first occur and then every ``every`` batches."""
+    total = CollateStats()
+    reported = False
+    for n, (batch, stats) in enumerate(batches, start=1):
+        total = total + stats
+        if (total.num_truncated_boxes or total.num_degenerate_boxes) and (
+            not reported or n % every == 0
+        ):
+            logging.warning(
+                "input: %d boxes beyond max_boxes truncated, %d boxes with w/h <= 0 dropped "
+                "in %d batches so far (raise max_boxes if truncation is frequent)",
+                total.num_truncated_boxes, total.num_degenerate_boxes, n)
+            reported = True
+        yield batch
 
 
 def _background(it: Iterator[Any], size: int) -> Iterator[Any]:
