@@ -202,3 +202,29 @@ def test_cli_trains_on_shapes_export_with_original_ids(tmp_path):
     assert {c["id"] for c in gt["categories"]} == {10, 20, 30, 40, 50, 60}
     assert len(gt["annotations"]) == len(ann["annotations"])
     assert os.path.exists(workdir / "eval_images.png")
+
+
+def test_config_checks_for_custom_data(coco_dir):
+    from conftest import tiny_config
+
+    from detr_jax.config_validation import ConfigError, validate_config
+    from detr_jax.data import build_dataset
+
+    c = tiny_config(dataset="custom")
+    with pytest.raises(ConfigError) as e:
+        validate_config(c, num_devices=1)
+    msg = str(e.value)
+    assert "custom.train_annotations is empty" in msg and "custom.val_images is empty" in msg
+    assert "transforms.max_size=1333" in msg  # no (96, 96) bucket fits a 1333 px side
+    root, _ = coco_dir
+    ann, images = os.path.join(root, "annotations.json"), os.path.join(root, "images")
+    for k, v in (("train_annotations", ann), ("val_annotations", ann), ("train_images", images),
+                 ("val_images", images)):
+        c.custom[k] = v
+    c.transforms.max_size = 96
+    validate_config(c, num_devices=1)
+    with pytest.raises(DataError, match=r"num_classes=6 but .* declares 3 categories"):
+        build_dataset(c)
+    c.num_classes = 3
+    ds = build_dataset(c)
+    assert ds.category_ids == (3, 17, 42) and ds.augment is None
