@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from detr_jax.data.augment import AugmentFn
 from detr_jax.data.coco_json import CocoRecord, DataError, load_coco_json
 from detr_jax.data.image_io import CorruptImageError, load_rgb
 from detr_jax.data.transforms import TransformConfig, detr_eval_transform, detr_train_transform
@@ -33,8 +34,6 @@ from detr_jax.data.transforms import TransformConfig, detr_eval_transform, detr_
 _log = logging.getLogger(__name__)
 _PERM_STREAM, _AUG_STREAM = 11, 12
 
-# (sample, rng, other: index -> raw sample) -> sample; see detr_jax.data.augment.
-AugmentFn = Callable[[dict, np.random.Generator, Callable[[], dict]], dict]
 
 
 class LazySamples(Sequence):

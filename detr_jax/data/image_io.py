@@ -1,7 +1,8 @@
 """Image file decoding for the COCO-JSON loader: any PIL format/mode -> uint8 RGB [H, W, 3].
 
-JPEG and PNG (and whatever else Pillow reads); grayscale (L, I;16, 1), palette, RGBA/LA
-(alpha composited onto black, as a plain ``convert("RGB")`` does), CMYK (Pillow's conversion).
+JPEG and PNG (and whatever else Pillow reads); grayscale (L, 1, and 16-bit I;16 scaled to
+0..255), palette, RGBA/LA (alpha dropped, as Pillow's ``convert("RGB")`` does), CMYK (Pillow's
+conversion).
 
 EXIF orientation: the image is rotated to its displayed orientation (``ImageOps.exif_transpose``)
 unless the annotation file's declared (width, height) matches the *stored* pixels but not the
