@@ -228,3 +228,28 @@ def test_config_checks_for_custom_data(coco_dir):
     c.num_classes = 3
     ds = build_dataset(c)
     assert ds.category_ids == (3, 17, 42) and ds.augment is None
+
+
+def test_evaluator_scores_against_the_file_and_draws_category_names(coco_dir, tmp_path,
+                                                                   monkeypatch):
+    from conftest import tiny_config
+
+    from detr_jax.evaluation import evaluator as evaluator_mod
+
+    root, _ = coco_dir
+    ds = _ds(root)
+    ev = evaluator_mod.Evaluator(tiny_config(), ds, None, None, str(tmp_path))
+    assert any(a["iscrowd"] for a in ev.gt["annotations"])  # the file's GT, crowd included
+    assert {c["id"] for c in ev.gt["categories"]} == {3, 17, 42}
+    drawn = []
+
+    def fake_draw(image, boxes, labels, scores, class_names, **kw):
+        drawn.append([class_names[int(label)] for label in labels])
+        return image
+
+    monkeypatch.setattr(evaluator_mod, "draw_detections", fake_draw)
+    first = ds.val_samples()[0]["image_id"]
+    preds = [{"image_id": first, "category_id": 42, "bbox": [1, 1, 5, 5], "score": 0.9},
+             {"image_id": first, "category_id": 3, "bbox": [1, 1, 5, 5], "score": 0.8}]
+    ev._draw(preds, step=0)
+    assert drawn[0] == ["zebra", "cat"]
