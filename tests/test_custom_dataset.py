@@ -98,6 +98,11 @@ def test_exif_kept_when_annotations_use_stored_pixels(coco_dir):
             {"id": 8, "file_name": "nope.jpg", "width": 5, "height": 5}),
          r"images\[6\] \(id=8\) file not found: .*nope.jpg"),
         (lambda d: d["annotations"][0].update(bbox=[1, 2, 3]), r"\(id=1\) bbox must be"),
+        (lambda d: d["images"][2].update(width="wide"),
+         r"images\[2\] \(id=3\) has width='wide', not an integer"),
+        (lambda d: d["annotations"].append(
+            {"id": 1, "image_id": 1, "category_id": 3, "bbox": [0, 0, 1, 1]}),
+         r"annotations\[9\] \(id=1\) repeats annotation id 1"),
     ],
 )
 def test_bad_records_stop_at_load_with_one_line(coco_dir, edit, message):

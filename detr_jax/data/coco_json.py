@@ -90,6 +90,17 @@ def _need(path: str, where: str, rec: dict, keys: tuple[str, ...]) -> None:
             raise DataError(f"{path}: {where}{rid} lacks key {k!r} (need {keys})")
 
 
+def _int(path: str, where: str, rec: dict, key: str, default: int | None = None) -> int:
+    value = rec.get(key, default)
+    try:
+        if float(value) != int(value):
+            raise ValueError
+        return int(value)
+    except (TypeError, ValueError):
+        rid = f" (id={rec['id']})" if "id" in rec else ""
+        raise DataError(f"{path}: {where}{rid} has {key}={value!r}, not an integer") from None
+
+
 def categories_of(
     path: str, data: dict, label_mode: str
 ) -> tuple[tuple[int, ...], tuple[str, ...], dict[int, int]]:
@@ -99,9 +110,10 @@ def categories_of(
     names: dict[int, str] = {}
     for i, c in enumerate(data["categories"]):
         _need(path, f"categories[{i}]", c, _CAT_KEYS)
-        if int(c["id"]) in names:
-            raise DataError(f"{path}: categories[{i}] repeats category id {c['id']}")
-        names[int(c["id"])] = str(c["name"])
+        cid = _int(path, f"categories[{i}]", c, "id")
+        if cid in names:
+            raise DataError(f"{path}: categories[{i}] repeats category id {cid}")
+        names[cid] = str(c["name"])
     if not names:
         raise DataError(f"{path}: 'categories' is empty")
     if label_mode == "contiguous":
@@ -130,15 +142,18 @@ def load_coco_json(
     if categories is None:
         categories = categories_of(ann_path, data, label_mode)
     category_ids, class_names, to_label = categories
-    declared = {int(c["id"]) for c in data["categories"] if isinstance(c, dict) and "id" in c}
+    declared = {_int(ann_path, f"categories[{i}]", c, "id")
+                for i, c in enumerate(data["categories"]) if isinstance(c, dict) and "id" in c}
 
     images: dict[int, dict] = {}
     for i, im in enumerate(data["images"]):
         _need(ann_path, f"images[{i}]", im, _IMAGE_KEYS)
-        iid = int(im["id"])
+        iid = _int(ann_path, f"images[{i}]", im, "id")
         if iid in images:
             raise DataError(f"{ann_path}: images[{i}] repeats image id {iid}")
-        if int(im["width"]) <= 0 or int(im["height"]) <= 0:
+        width = _int(ann_path, f"images[{i}]", im, "width")
+        height = _int(ann_path, f"images[{i}]", im, "height")
+        if width <= 0 or height <= 0:
             raise DataError(f"{ann_path}: images[{i}] (id={iid}) has size "
                             f"{im['width']}x{im['height']}")
         file_path = os.path.join(image_dir, str(im["file_name"]))
@@ -153,10 +168,12 @@ def load_coco_json(
     for i, a in enumerate(data["annotations"]):
         _need(ann_path, f"annotations[{i}]", a, _ANN_KEYS)
         where = f"{ann_path}: annotations[{i}] (id={a['id']})"
-        if int(a["id"]) in ann_ids:
-            raise DataError(f"{where} repeats annotation id {a['id']}")
-        ann_ids.add(int(a["id"]))
-        iid, cid = int(a["image_id"]), int(a["category_id"])
+        aid = _int(ann_path, f"annotations[{i}]", a, "id")
+        if aid in ann_ids:
+            raise DataError(f"{where} repeats annotation id {aid}")
+        ann_ids.add(aid)
+        iid = _int(ann_path, f"annotations[{i}]", a, "image_id")
+        cid = _int(ann_path, f"annotations[{i}]", a, "category_id")
         if iid not in images:
             raise DataError(f"{where} refers to image_id {iid}, which is not in 'images'")
         if cid not in declared or cid not in to_label:
@@ -179,7 +196,7 @@ def load_coco_json(
         if box[2] <= box[0] or box[3] <= box[1]:  # entirely outside the image
             counts["degenerate"] += 1
             continue
-        crowd = int(a.get("iscrowd", 0))
+        crowd = _int(ann_path, f"annotations[{i}]", a, "iscrowd", 0)
         gt = dict(a, bbox=[float(box[0]), float(box[1]), float(box[2] - box[0]),
                            float(box[3] - box[1])], iscrowd=crowd)
         gt.setdefault("area", gt["bbox"][2] * gt["bbox"][3])
