@@ -75,19 +75,11 @@ def _build_custom(config: Any) -> Any:
 
 def _build_coco(config: Any) -> Any:
     """COCO 2017 through TFDS (detr_jax/data/tfds_coco.py, the only module importing TF)."""
-    import tensorflow_datasets as tfds
-
-    from detr_jax.data.tfds_coco import NUM_CLASSES, TfdsCocoDataset
+    from detr_jax.data.tfds_coco import NUM_CLASSES, TfdsCocoDataset, check_prepared
     from detr_jax.data.transforms import TransformConfig
 
     cc = config.coco
-    builder = tfds.builder(cc.name, data_dir=cc.data_dir or None)
-    if not builder.is_prepared():
-        raise DataError(
-            f"{cc.name} is not prepared under coco.data_dir={cc.data_dir!r} (looked in "
-            f"{builder.data_dir}); prepare it once with `tfds build {cc.name} --data_dir=DIR` "
-            "(downloads about 25 GB) and pass --config.coco.data_dir=DIR"
-        )
+    check_prepared(cc.name, cc.data_dir)
     if config.num_classes != NUM_CLASSES:
         raise DataError(f"num_classes={config.num_classes}: COCO uses {NUM_CLASSES} (the "
                         "original category ids, as DETR)")

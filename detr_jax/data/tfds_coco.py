@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from detr_jax.data.coco_json import DataError
 from detr_jax.data.custom import _ordered_map
 from detr_jax.data.transforms import TransformConfig, detr_eval_transform, detr_train_transform
 
@@ -94,6 +95,19 @@ def record_to_sample(ex: dict) -> dict:
         "image_id": int(ex["image/id"]),
         "orig_size": np.array(image.shape[:2], np.int32),
     }
+
+
+def check_prepared(name: str, data_dir: str) -> None:
+    """Raises DataError with the `tfds build` command when ``name`` is not prepared."""
+    import tensorflow_datasets as tfds
+
+    builder = tfds.builder(name, data_dir=data_dir or None)
+    if not builder.is_prepared():
+        raise DataError(
+            f"{name} is not prepared under coco.data_dir={data_dir!r} (looked in "
+            f"{builder.data_dir}); prepare it once with `tfds build {name} --data_dir=DIR` "
+            "(downloads about 25 GB) and pass --config.coco.data_dir=DIR"
+        )
 
 
 class TfdsCocoDataset:
