@@ -131,13 +131,17 @@ def collate(
     }
     scale = (1.0 / (255.0 * IMAGENET_STD)).astype(np.float32)
     offset = (IMAGENET_MEAN / IMAGENET_STD).astype(np.float32)
+    # Lookup table [256, 3] of the same float32 expression: identical values, ~2x faster than
+    # converting and scaling whole images (the largest host cost per image at COCO sizes).
+    lut = np.arange(256, dtype=np.float32)[:, None] * scale - offset
     stats = CollateStats()
     for i, s in enumerate(samples):
         image = np.asarray(s["image"])
         if image.ndim != 3 or image.shape[2] != 3:
             raise ValueError(f"image {s.get('image_id')}: expected [H, W, 3], got {image.shape}")
         h, w = image.shape[:2]
-        batch["image"][i, :h, :w] = image.astype(np.float32) * scale - offset
+        for c in range(3):
+            batch["image"][i, :h, :w, c] = lut[image[..., c], c]
         batch["pixel_mask"][i, :h, :w] = True
         boxes, labels, st = _prepare_targets(s, max_boxes)
         k = len(boxes)
