@@ -1,7 +1,8 @@
 """The full set of config fields with DETR's defaults; `configs/*.py` start from `base_config()`.
 
 Top-level fields: `total_steps`, `batch_size` (global), `eval_every`, `checkpoint_every`, ...
-Sub-configs: `model`, `matcher`, `loss`, `optim`, `eval`, and one per dataset (`shapes`, `coco`).
+Sub-configs: `model`, `matcher`, `loss`, `optim`, `eval`, one per dataset (`shapes`, `coco`,
+`custom`) and `transforms`.
 """
 
 from __future__ import annotations
@@ -87,7 +88,7 @@ def base_config() -> ml_collections.ConfigDict:
     e.top_k = 100
     e.num_images_to_draw = 8
     e.draw_score_threshold = 0.5
-    e.annotations_file = ""  # optional official COCO ground truth
+    e.annotations_file = ""  # coco: official instances_val2017.json (else GT built from tfds)
 
     s = c.shapes = ml_collections.ConfigDict()
     s.num_val = 256
@@ -95,6 +96,38 @@ def base_config() -> ml_collections.ConfigDict:
 
     cc = c.coco = ml_collections.ConfigDict()
     cc.data_dir = ""  # tfds data_dir holding coco/2017
+
+    # --- Real data (issue 4): COCO-format datasets on disk, DETR transforms -----------------
+    cu = c.custom = ml_collections.ConfigDict()  # dataset="custom" (detr_jax/data/custom.py)
+    cu.train_annotations = ""  # COCO-format JSON
+    cu.train_images = ""  # folder holding its images' file_name
+    cu.val_annotations = ""
+    cu.val_images = ""
+    cu.num_workers = 4  # image-decoding threads per process
+    cc.name = "coco/2017"  # tfds name (detr_jax/data/tfds_coco.py)
+    cc.train_split = "train"
+    cc.val_split = "validation"
+    cc.max_val_images = 0  # 0: the whole validation split
+    cc.shuffle_buffer = 1000  # tf.data shuffle buffer (examples, after the file shuffle)
+    cc.num_workers = 4  # numpy transform threads per process
+    t = c.transforms = ml_collections.ConfigDict()  # detr_jax/data/transforms.py (custom, coco)
+    t.scales = list(range(480, 801, 32))  # multi-scale training: shorter side choices
+    t.max_size = 1333  # longer side cap (train and eval)
+    t.select_scales = [400, 500, 600]  # RandomSelect branch: resize, then crop
+    t.crop_min = 384  # RandomSizeCrop(crop_min, crop_max)
+    t.crop_max = 600
+    t.eval_size = 800
+    t.hflip = True
+    t.random_select = True
+    a = c.augment = ml_collections.ConfigDict()  # detr_jax/data/augment.py; all off by default
+    a.randaugment_num_ops = 0  # 0: off (e.g. 2)
+    a.randaugment_magnitude = 9.0  # 0..10
+    a.mixup_prob = 0.0
+    a.mixup_alpha = 1.5  # lam ~ Beta(alpha, alpha)
+    a.cutmix_prob = 0.0
+    a.cutmix_alpha = 1.0
+    a.random_erasing_prob = 0.0
+    a.max_covered = 0.7  # CutMix / erasing: boxes covered more than this are dropped
     return c
 
 

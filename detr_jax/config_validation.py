@@ -125,8 +125,31 @@ def validate_config(config: Any, num_devices: int, workdir: str | None = None) -
         len(buckets) > 0 and all(len(b) == 2 and b[0] > 0 and b[1] > 0 for b in buckets),
         f"image_buckets={buckets!r} must be a non-empty list of positive (H, W) pairs",
     )
+    if config.dataset in ("custom", "coco"):
+        _check_transforms(config, buckets, need)
     if workdir is not None:
         problem = workdir_problem(workdir)
         need(problem is None, f"workdir={workdir!r} is not writable ({problem})")
     if errors:
         raise ConfigError("invalid config:\n  " + "\n  ".join(errors))
+
+
+def _check_transforms(config: Any, buckets: list, need: Any) -> None:
+    """Real-data checks (issue 4): dataset paths, transform sizes, a bucket fitting any image."""
+    if config.dataset == "custom":
+        for f in ("train_annotations", "train_images", "val_annotations", "val_images"):
+            need(bool(config.custom[f]), f"custom.{f} is empty: give the path")
+        need(config.custom.num_workers >= 1,
+             f"custom.num_workers={config.custom.num_workers} must be >= 1")
+    t = config.transforms
+    sizes = list(t.scales) + list(t.select_scales) + [t.eval_size, t.crop_min, t.crop_max]
+    need(all(isinstance(v, int) and v > 0 for v in sizes) and len(t.scales) > 0,
+         f"transforms sizes must be positive integers (scales={list(t.scales)}, "
+         f"select_scales={list(t.select_scales)}, eval_size={t.eval_size}, "
+         f"crop_min={t.crop_min}, crop_max={t.crop_max})")
+    need(t.crop_min <= t.crop_max,
+         f"transforms.crop_min={t.crop_min} must be <= transforms.crop_max={t.crop_max}")
+    # Any image side is at most max_size after the transforms, so a max_size square always fits.
+    need(any(len(b) == 2 and b[0] >= t.max_size and b[1] >= t.max_size for b in buckets),
+         f"image_buckets={buckets!r}: no bucket is at least transforms.max_size={t.max_size} "
+         "on both sides, so some images would fit no bucket")

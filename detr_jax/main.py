@@ -3,9 +3,9 @@
 Any config field can be overridden with `--config.field=value` (e.g. `--config.total_steps=100`).
 
 Exit status: 0 when training finished or was stopped by SIGTERM/SIGINT with a checkpoint (rerun
-the same command to resume); 2 for an invalid config or a checkpoint that does not fit it; 3 when
-training stopped after too many consecutive non-finite steps. Errors are logged without a
-traceback, since they name the cause.
+the same command to resume); 2 for an invalid config, an unusable dataset file (DataError) or a
+checkpoint that does not fit it; 3 when training stopped after too many consecutive non-finite
+steps. Errors are logged without a traceback, since they name the cause.
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ from ml_collections import config_flags
 from detr_jax import train
 from detr_jax.checkpointing import CheckpointMismatchError
 from detr_jax.config_validation import ConfigError
+from detr_jax.data.coco_json import DataError
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and results.")
@@ -43,7 +44,7 @@ def main(argv: list[str]) -> None:
     )
     try:
         metrics = train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-    except (ConfigError, CheckpointMismatchError) as e:
+    except (ConfigError, CheckpointMismatchError, DataError) as e:
         logging.error("%s", e)
         sys.exit(2)
     except train.NonFiniteStop as e:

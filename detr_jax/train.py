@@ -26,6 +26,7 @@ from jax.sharding import PartitionSpec as P
 
 from detr_jax import checkpointing, data, optim, preemption
 from detr_jax.config_validation import validate_config
+from detr_jax.data.prefetch import device_prefetch
 from detr_jax.dense_loss import dense_class_loss
 from detr_jax.evaluation.evaluator import Evaluator
 from detr_jax.evaluation.postprocess import postprocess
@@ -330,6 +331,7 @@ def _train_and_evaluate(
         process_index=jax.process_index(),
         process_count=jax.process_count(),
     )
+    batches = device_prefetch(batches, data_sharding, size=2)  # sharded, 2 steps ahead
     monitor = NonFiniteMonitor(config.max_consecutive_nonfinite)
     report_progress = writer.progress_hook(config.total_steps)
     pending: list[dict[str, jax.Array]] = []
@@ -339,7 +341,7 @@ def _train_and_evaluate(
     preempted = False
     for step in range(start_step + 1, config.total_steps + 1):
         with jax.profiler.StepTraceAnnotation("train", step_num=step):
-            state, metrics = p_train(state, to_global(next(batches), data_sharding))
+            state, metrics = p_train(state, next(batches))
         if previous is not None:
             monitor.observe(previous[0], float(previous[1]["nonfinite"]))
         previous = (step, metrics)

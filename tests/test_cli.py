@@ -90,8 +90,9 @@ def test_shipped_configs_load_and_validate():
         validate_config(mod.get_config(), num_devices=1)
 
 
-def test_coco_config_fails_clearly_without_pipeline():
+def test_coco_config_fails_clearly_without_prepared_data(tmp_path):
     from detr_jax import data
+    from detr_jax.data.coco_json import DataError
 
     import_path = os.path.join(os.path.dirname(os.path.dirname(__file__)), "configs", "coco.py")
     import importlib.util
@@ -99,5 +100,7 @@ def test_coco_config_fails_clearly_without_pipeline():
     spec = importlib.util.spec_from_file_location("coco_cfg", import_path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    with pytest.raises(NotImplementedError, match="COCO"):
-        data.build_dataset(mod.get_config())
+    config = mod.get_config()
+    config.coco.data_dir = str(tmp_path)
+    with pytest.raises(DataError, match="coco/2017 is not prepared"):
+        data.build_dataset(config)

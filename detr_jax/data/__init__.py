@@ -7,6 +7,7 @@ batches follow docs/interfaces.md.
 
 from __future__ import annotations
 
+import logging
 import queue
 import threading
 from collections.abc import Iterator
@@ -14,10 +15,12 @@ from typing import Any
 
 import numpy as np
 
-from detr_jax.data.batching import batch_iterator
+from detr_jax.data.augment import make_augment
+from detr_jax.data.batching import CollateStats, batch_iterator
+from detr_jax.data.coco_json import DataError
 from detr_jax.data.shapes import STANDARD_SHAPES, ShapesDataset, ShapesSpec
 
-DATASET_CHOICES = ("shapes", "coco")
+DATASET_CHOICES = ("shapes", "coco", "custom")
 SHAPES_SPECS = {
     "standard": STANDARD_SHAPES,
     # An easier diagnostic variant: 4 classes, no distractor lines or blobs.
@@ -27,8 +30,11 @@ SHAPES_SPECS = {
 }
 
 
-def build_dataset(config: Any) -> ShapesDataset:
-    """The dataset named by `config.dataset`."""
+def build_dataset(config: Any) -> Any:
+    """The dataset named by `config.dataset`.
+
+    Raises DataError (one line naming the file and record) for unusable COCO-format files.
+    """
     if config.dataset == "shapes":
         if config.shapes.spec not in SHAPES_SPECS:
             raise ValueError(
@@ -41,12 +47,49 @@ def build_dataset(config: Any) -> ShapesDataset:
                 f"classes {ds.class_names}"
             )
         return ds
+    if config.dataset == "custom":
+        return _build_custom(config)
     if config.dataset == "coco":
-        raise NotImplementedError(
-            "dataset='coco': the COCO 2017 tf.data pipeline is not built yet (Data issue). "
-            "Use configs/shapes.py for now."
-        )
+        return _build_coco(config)
     raise ValueError(f"dataset={config.dataset!r}; choose one of {DATASET_CHOICES}")
+
+
+def _build_custom(config: Any) -> Any:
+    from detr_jax.data.custom import CocoJsonDataset
+    from detr_jax.data.transforms import TransformConfig
+
+    cu = config.custom
+    ds = CocoJsonDataset(
+        cu.train_annotations, cu.train_images, cu.val_annotations, cu.val_images,
+        seed=config.seed, transforms=TransformConfig.from_config(config.transforms),
+        num_workers=cu.num_workers, augment=make_augment(config.augment),
+    )
+    if ds.num_classes != config.num_classes:
+        raise DataError(
+            f"num_classes={config.num_classes} but {cu.train_annotations} declares "
+            f"{ds.num_classes} categories {ds.class_names}; set --config.num_classes="
+            f"{ds.num_classes}"
+        )
+    return ds
+
+
+def _build_coco(config: Any) -> Any:
+    """COCO 2017 through TFDS (detr_jax/data/tfds_coco.py, the only module importing TF)."""
+    from detr_jax.data.tfds_coco import NUM_CLASSES, TfdsCocoDataset, check_prepared
+    from detr_jax.data.transforms import TransformConfig
+
+    cc = config.coco
+    check_prepared(cc.name, cc.data_dir)
+    if config.num_classes != NUM_CLASSES:
+        raise DataError(f"num_classes={config.num_classes}: COCO uses {NUM_CLASSES} (the "
+                        "original category ids, as DETR)")
+    return TfdsCocoDataset(
+        cc.data_dir, seed=config.seed, transforms=TransformConfig.from_config(config.transforms),
+        train_split=cc.train_split, val_split=cc.val_split,
+        annotations_file=config.eval.annotations_file, max_val_images=cc.max_val_images,
+        shuffle_buffer=cc.shuffle_buffer, num_workers=cc.num_workers, name=cc.name,
+        augment=make_augment(config.augment),
+    )
 
 
 def train_batches(
@@ -81,7 +124,27 @@ def train_batches(
         buckets=buckets,
         max_boxes=max_boxes,
     )
-    return _background((b for b, _ in batches), prefetch)
+    return _background(_count_dropped_boxes(batches), prefetch)
+
+
+def _count_dropped_boxes(
+    batches: Iterator[tuple[dict[str, np.ndarray], Any]], every: int = 1000
+) -> Iterator[dict[str, np.ndarray]]:
+    """Drops the CollateStats, logging the running counts of truncated (beyond max_boxes) and
+    degenerate boxes when they first occur and then every ``every`` batches."""
+    total = CollateStats()
+    reported = False
+    for n, (batch, stats) in enumerate(batches, start=1):
+        total = total + stats
+        if (total.num_truncated_boxes or total.num_degenerate_boxes) and (
+            not reported or n % every == 0
+        ):
+            logging.warning(
+                "input: %d boxes beyond max_boxes truncated, %d boxes with w/h <= 0 dropped "
+                "in %d batches so far (raise max_boxes if truncation is frequent)",
+                total.num_truncated_boxes, total.num_degenerate_boxes, n)
+            reported = True
+        yield batch
 
 
 def _background(it: Iterator[Any], size: int) -> Iterator[Any]:

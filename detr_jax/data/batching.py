@@ -79,13 +79,15 @@ def _prepare_targets(
         raise ValueError(f"image {sample.get('image_id')}: {len(boxes)} boxes but "
                          f"{len(labels)} labels")
     boxes = np.clip(boxes, 0.0, np.array([w, h, w, h], dtype=np.float32))
-    keep = (boxes[:, 2] > boxes[:, 0]) & (boxes[:, 3] > boxes[:, 1])
+    cxcywh = xyxy_pixels_to_cxcywh_normalised(boxes, h, w)
+    # Tested after normalising, so that a sub-pixel width that underflows to 0 is dropped too.
+    keep = (cxcywh[:, 2] > 0) & (cxcywh[:, 3] > 0)
     num_degenerate = int((~keep).sum())
-    boxes, labels = boxes[keep], labels[keep]
-    num_truncated = max(0, len(boxes) - max_boxes)
-    boxes, labels = boxes[:max_boxes], labels[:max_boxes]
+    cxcywh, labels = cxcywh[keep], labels[keep]
+    num_truncated = max(0, len(cxcywh) - max_boxes)
+    cxcywh, labels = cxcywh[:max_boxes], labels[:max_boxes]
     stats = CollateStats(num_truncated, num_degenerate)
-    return xyxy_pixels_to_cxcywh_normalised(boxes, h, w), labels, stats
+    return cxcywh, labels, stats
 
 
 def collate(
@@ -129,13 +131,17 @@ def collate(
     }
     scale = (1.0 / (255.0 * IMAGENET_STD)).astype(np.float32)
     offset = (IMAGENET_MEAN / IMAGENET_STD).astype(np.float32)
+    # Lookup table [256, 3] of the same float32 expression: identical values, ~2x faster than
+    # converting and scaling whole images (the largest host cost per image at COCO sizes).
+    lut = np.arange(256, dtype=np.float32)[:, None] * scale - offset
     stats = CollateStats()
     for i, s in enumerate(samples):
         image = np.asarray(s["image"])
         if image.ndim != 3 or image.shape[2] != 3:
             raise ValueError(f"image {s.get('image_id')}: expected [H, W, 3], got {image.shape}")
         h, w = image.shape[:2]
-        batch["image"][i, :h, :w] = image.astype(np.float32) * scale - offset
+        for c in range(3):
+            batch["image"][i, :h, :w, c] = lut[image[..., c], c]
         batch["pixel_mask"][i, :h, :w] = True
         boxes, labels, st = _prepare_targets(s, max_boxes)
         k = len(boxes)

@@ -40,7 +40,10 @@ class Evaluator:
         self.workdir = workdir
         self.writer = writer
         self.samples = dataset.val_samples()
-        self.gt = coco_gt_from_samples(self.samples, dataset.category_ids, dataset.class_names)
+        # Datasets read from COCO files give their own ground truth (crowd, areas as in the file).
+        gt_fn = getattr(dataset, "coco_ground_truth", None)
+        self.gt = gt_fn() if gt_fn is not None else coco_gt_from_samples(
+            self.samples, dataset.category_ids, dataset.class_names)
         if config.eval.batch_size % jax.process_count():
             raise ValueError(
                 f"eval.batch_size={config.eval.batch_size} is not divisible by the process count "
