@@ -15,7 +15,9 @@ import torch  # noqa: E402
 from transformers import DetrConfig, DetrForObjectDetection, ResNetConfig  # noqa: E402
 
 SMALL = dict(
-    resnet=dict(embedding_size=8, hidden_sizes=[8, 16, 32, 64], depths=[2, 2, 2, 2], layer_type="basic"),
+    resnet=dict(
+        embedding_size=8, hidden_sizes=[8, 16, 32, 64], depths=[2, 2, 2, 2], layer_type="basic"
+    ),
     d_model=32,
     encoder_layers=2,
     decoder_layers=3,

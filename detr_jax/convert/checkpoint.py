@@ -107,13 +107,16 @@ def write_checkpoint(
     """Validates the converted params against the model they imply and writes them to `out_dir`.
 
     The checkpoint's `meta.json` lists the implied config fields (`config_fields`), including
-    `model.nheads`, `model.dilation` and `model.backbone_norm = "frozen_bn"`.
+    `model.nheads`, `model.dilation`, `model.backbone_norm = "frozen_bn"` and
+    `model.mask_backbone_features = False` (the original's forward pass).
     """
     fields = dict(fields)
     backbone_only = source.endswith("_resnet")
     if not backbone_only:
         fields.update({"model.nheads": int(nheads), "model.dilation": bool(dilation)})
     fields["model.backbone_norm"] = "frozen_bn"
+    # The weights were trained on unmasked backbone activations (as the original computes).
+    fields["model.mask_backbone_features"] = False
     check_against_model(params, config_for(fields), backbone_only)
     meta = {"source": source, "backbone_only": backbone_only, "config_fields": fields}
     return save_params_checkpoint(out_dir, params, meta)
