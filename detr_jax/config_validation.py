@@ -6,6 +6,7 @@ import os
 import tempfile
 from typing import Any
 
+from detr_jax import transfer
 from detr_jax.data import DATASET_CHOICES, SHAPES_SPECS
 from detr_jax.matching import MATCHERS
 from detr_jax.models import MODEL_CHOICES
@@ -120,6 +121,7 @@ def validate_config(config: Any, num_devices: int, workdir: str | None = None) -
         len(buckets) > 0 and all(len(b) == 2 and b[0] > 0 and b[1] > 0 for b in buckets),
         f"image_buckets={buckets!r} must be a non-empty list of positive (H, W) pairs",
     )
+    errors += transfer.config_problems(config)
     if workdir is not None:
         problem = workdir_problem(workdir)
         need(problem is None, f"workdir={workdir!r} is not writable ({problem})")
