@@ -8,16 +8,16 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from conftest import tiny_config
+from random_params import random_variables
 
 from detr_jax import optim
-from detr_jax.models import build_model
 from detr_jax.pretrained import save_params_checkpoint
-from detr_jax.train import TrainState, init_variables
+from detr_jax.train import TrainState
 from detr_jax.transfer import InitFromError, init_from_checkpoint, merge_pretrained
 
 
 def _variables(config, seed):
-    return init_variables(build_model(config), config, jax.random.PRNGKey(seed))
+    return random_variables(config, seed)
 
 
 def _flat(tree):
