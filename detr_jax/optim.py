@@ -31,11 +31,12 @@ def frozen_stage_prefixes(frozen_stages: int) -> tuple[str, ...]:
     return _STAGE_PREFIXES[:n]
 
 
+_HEADS = ("class_embed", "bbox_embed", "dense_class_head")
 _TRAINED_BY_FREEZE = {
     "none": None,
-    "backbone": ("input_proj", "transformer", "query_embed", "class_embed", "bbox_embed"),
-    "heads": ("class_embed", "bbox_embed"),
-    "decoder_and_heads": ("transformer/decoder_", "query_embed", "class_embed", "bbox_embed"),
+    "backbone": ("input_proj", "position_embedding", "transformer", "query_embed", *_HEADS),
+    "heads": _HEADS,
+    "decoder_and_heads": ("transformer/decoder_", "query_embed", *_HEADS),
 }
 
 

@@ -5,7 +5,8 @@ workdirs / checkpoint directories (see `detr_jax/pretrained.py`). Modes:
 
 - "all": every param whose path and shape match is taken. The class head (`class_embed`) is
   left at its fresh initialisation when `num_classes` differs, which re-initialises all
-  `num_classes + 1` logits including the no-object one. Any other shape mismatch is an error
+  `num_classes + 1` logits including the no-object one (likewise the optional
+  `dense_class_head`). Any other shape mismatch is an error
   listing the paths (e.g. a different `hidden_dim` or `num_queries`).
 - "backbone": only `backbone/...` is taken (everything else keeps its fresh initialisation).
 
@@ -29,7 +30,8 @@ from detr_jax.pretrained import load_params_checkpoint
 
 INIT_MODES = ("all", "backbone")
 FREEZE_CHOICES = ("none", "backbone", "heads", "decoder_and_heads")
-CLASS_HEAD = "class_embed/"
+# Heads sized by num_classes: re-initialised when it differs.
+CLASS_HEADS = ("class_embed/", "dense_class_head/")
 
 # (frozen BN param, flax BatchNorm collection, flax BatchNorm name)
 _BN_NAMES = (
@@ -107,7 +109,7 @@ def merge_pretrained(
                 continue
             src = np.asarray(source[coll][key])
             if src.shape != tuple(value.shape):
-                if key.startswith(CLASS_HEAD):
+                if key.startswith(CLASS_HEADS):
                     report["reinitialised"].append(key)
                     continue
                 mismatched.append(f"{key}: checkpoint {src.shape} vs model {tuple(value.shape)}")

@@ -120,3 +120,14 @@ def test_resnet_backbone_only_hf_and_torchvision_layouts_match_hf_resnet():
     diff = np.abs(np.asarray(got) - want.permute(0, 2, 3, 1).numpy()).max()
     print(f"backbone C5 max abs diff {diff:.2e} (max |C5| {float(want.abs().max()):.1f})")
     assert diff <= 1e-4 * max(1.0, float(want.abs().max())), diff
+
+
+def test_transformers_4_key_names_convert_the_same(hf_small):
+    """The hub's DETR checkpoints use the 4.x names (conv_encoder, out_proj, fc1)."""
+    _, sd = hf_small
+    old = {}
+    for k, v in sd.items():
+        k = k.replace("model.backbone.model.", "model.backbone.conv_encoder.model.")
+        k = k.replace(".o_proj.", ".out_proj.").replace(".mlp.fc", ".fc")
+        old[k] = v
+    assert _equal(convert_state_dict(old, "hf")[0], convert_state_dict(sd, "hf")[0])
