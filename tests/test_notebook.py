@@ -1,14 +1,20 @@
-"""The notebook's code cells run headless (tiny model, two training steps)."""
+"""The notebook's code cells run headless (tiny model, two training steps).
+
+Slow: compiling the train, eval and predict steps costs 2-3 minutes on the shared 2-core CPU.
+"""
 
 from __future__ import annotations
 
 import json
 import os
 
+import pytest
+
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 NOTEBOOK = os.path.join(ROOT, "notebooks", "detr_jax_demo.ipynb")
 
 
+@pytest.mark.slow
 def test_notebook_code_cells_run(tmp_path, monkeypatch):
     nb = json.load(open(NOTEBOOK))
     monkeypatch.setenv("DETR_NOTEBOOK_QUICK", "1")
