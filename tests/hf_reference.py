@@ -146,3 +146,17 @@ def hf_loss(model, logits, boxes, labels, gt_boxes, valid):
             logits[-1], targets, "cpu", boxes[-1], config, logits, boxes
         )
     return float(loss), {k: float(v) for k, v in loss_dict.items()}
+
+
+def make_dc5(model) -> None:
+    """Turns the HF native ResNet's last stage into torchvision's DC5 in place (HF's ResNet has
+    no dilation option): stride 1 everywhere in stage 4; its first block keeps dilation 1, the
+    other blocks' 3x3 convolutions get dilation 2 and padding 2 (torchvision `_make_layer` with
+    `replace_stride_with_dilation=[False, False, True]`, as DETR's `--dilation`)."""
+    stage = model.model.backbone.model.encoder.stages[3]
+    for b, block in enumerate(stage.layers):
+        for module in block.modules():
+            if isinstance(module, torch.nn.Conv2d):
+                module.stride = (1, 1)
+                if b > 0 and module.kernel_size == (3, 3):
+                    module.dilation, module.padding = (2, 2), (2, 2)

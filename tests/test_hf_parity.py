@@ -44,11 +44,13 @@ def _targets(batch: int, num_labels: int, seed: int = 0):
     return labels, boxes, valid
 
 
-def _check(spec, canvas, sizes, position_embedding="sine"):
+def _check(spec, canvas, sizes, position_embedding="sine", dilation=False):
     hf_model = ref.build_hf_detr(spec, position_embedding=position_embedding)
+    if dilation:
+        ref.make_dc5(hf_model)
     images, mask = ref.random_batch(sizes, canvas)
     hf_logits, hf_boxes = ref.hf_forward_all_layers(hf_model, images, mask)
-    config, apply = _ours(spec, hf_model)
+    config, apply = _ours(spec, hf_model, dilation=dilation)
     out = apply(images, mask)
     d_logits = np.abs(np.asarray(out["pred_logits"]) - hf_logits.numpy()).max(axis=(1, 2, 3))
     d_boxes = np.abs(np.asarray(out["pred_boxes"]) - hf_boxes.numpy()).max(axis=(1, 2, 3))
@@ -80,6 +82,12 @@ def test_small_detr_matches_hf_every_layer_and_loss():
 @pytest.mark.slow
 def test_small_detr_learned_position_embedding_matches_hf():
     _check(ref.SMALL, (96, 128), [(96, 128), (64, 80)], position_embedding="learned")
+
+
+@pytest.mark.slow
+def test_small_dc5_matches_torchvision_style_dilated_hf_backbone():
+    """DC5 (stride 16): HF's ResNet patched to torchvision's dilated last stage."""
+    _check(ref.SMALL, (100, 120), [(100, 120), (70, 90)], dilation=True)
 
 
 @pytest.mark.slow
