@@ -94,3 +94,17 @@ def test_small_dc5_matches_torchvision_style_dilated_hf_backbone():
 def test_r50_detr_matches_hf_every_layer_and_loss():
     """The COCO architecture: ResNet-50, 6+6 layers, 100 queries, 91 classes."""
     _check(ref.R50, (160, 200), [(160, 200), (128, 150)])
+
+
+def test_feature_mask_is_torch_nearest_resize():
+    """models.detr.resize_mask_nearest == F.interpolate(mask, size).bool() (DETR's rule)."""
+    import torch
+
+    from detr_jax.models.detr import resize_mask_nearest
+
+    rng = np.random.default_rng(0)
+    for (hi, wi), (ho, wo) in (((100, 120), (4, 4)), ((97, 131), (7, 9)), ((64, 96), (2, 3))):
+        mask = rng.random((2, hi, wi)) > 0.3
+        want = torch.nn.functional.interpolate(torch.from_numpy(mask)[None].float(), (ho, wo))
+        got = np.asarray(resize_mask_nearest(jax.numpy.asarray(mask), ho, wo))
+        np.testing.assert_array_equal(got, want[0].bool().numpy())
