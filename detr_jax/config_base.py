@@ -30,6 +30,12 @@ def base_config() -> ml_collections.ConfigDict:
     c.max_consecutive_nonfinite = 20  # skipped (NaN/inf) steps in a row before the run stops
     c.preemption_sync_every = 1  # multi-process: steps between agreeing on a SIGTERM stop
 
+    # ---- Transfer learning (detr_jax/transfer.py, optim.param_labels) ----
+    c.init_from = ""  # converted params checkpoint (python -m detr_jax.convert) or a workdir
+    c.init_mode = "all"  # all | backbone (a different num_classes re-initialises the class head)
+    c.freeze = "none"  # none | backbone | heads | decoder_and_heads (the rest gets zero updates)
+    c.freeze_backbone_steps = 0  # the backbone gets zero updates for the first K steps
+
     m = c.model = ml_collections.ConfigDict()
     m.name = "detr"
     m.backbone = "resnet50"

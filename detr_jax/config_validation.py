@@ -6,6 +6,7 @@ import os
 import tempfile
 from typing import Any
 
+from detr_jax import transfer
 from detr_jax.data import DATASET_CHOICES, SHAPES_SPECS
 from detr_jax.matching import MATCHERS
 from detr_jax.models import MODEL_CHOICES
@@ -127,6 +128,7 @@ def validate_config(config: Any, num_devices: int, workdir: str | None = None) -
     )
     if config.dataset in ("custom", "coco"):
         _check_transforms(config, buckets, need)
+    errors += transfer.config_problems(config)
     if workdir is not None:
         problem = workdir_problem(workdir)
         need(problem is None, f"workdir={workdir!r} is not writable ({problem})")

@@ -5,6 +5,11 @@ Parameters are labelled by their path in the param tree:
   exactly zero updates (optax.set_to_zero: no gradient step and no weight decay).
 - "backbone": the rest of `backbone/...`, lr x `optim.backbone_lr_mult`.
 - "transformer": everything else (projection, transformer, queries, heads).
+
+Transfer learning (`config.freeze`) labels more of the model "frozen": "backbone" (all of it),
+"heads" (all but `class_embed` and `bbox_embed`), "decoder_and_heads" (all but the decoder,
+`query_embed` and the heads). `config.freeze_backbone_steps=K` zeroes the backbone's updates for
+the first K steps only (`transfer.freeze_backbone_until`).
 """
 
 from __future__ import annotations
@@ -26,8 +31,21 @@ def frozen_stage_prefixes(frozen_stages: int) -> tuple[str, ...]:
     return _STAGE_PREFIXES[:n]
 
 
-def param_labels(params: Any, frozen_stages: int = 0) -> Any:
-    """Returns a pytree of labels ("frozen" / "backbone" / "transformer") shaped like params."""
+_HEADS = ("class_embed", "bbox_embed", "dense_class_head")
+_TRAINED_BY_FREEZE = {
+    "none": None,
+    "backbone": ("input_proj", "position_embedding", "transformer", "query_embed", *_HEADS),
+    "heads": _HEADS,
+    "decoder_and_heads": ("transformer/decoder_", "query_embed", *_HEADS),
+}
+
+
+def param_labels(params: Any, frozen_stages: int = 0, freeze: str = "none") -> Any:
+    """Returns a pytree of labels ("frozen" / "backbone" / "transformer") shaped like params.
+
+    `freeze` (see the module docstring) labels every param outside its trained set "frozen".
+    """
+    trained = _TRAINED_BY_FREEZE[freeze]
     frozen_prefixes = frozen_stage_prefixes(frozen_stages)
     flat = flax.traverse_util.flatten_dict(params)
     # FrozenBatchNorm modules are the ones holding running statistics among their params
@@ -35,6 +53,8 @@ def param_labels(params: Any, frozen_stages: int = 0) -> Any:
     frozen_bn_modules = {k[:-1] for k in flat if k[-1] == "running_mean"}
 
     def label(path: tuple[str, ...]) -> str:
+        if trained is not None and not "/".join(path).startswith(trained):
+            return "frozen"
         if path[0] != "backbone":
             return "transformer"
         if path[:-1] in frozen_bn_modules:
@@ -68,9 +88,17 @@ def make_schedule(optim: Any, total_steps: int) -> Callable[[Any], Any]:
 
 
 def make_optimizer(
-    optim: Any, total_steps: int, params: Any, frozen_stages: int = 0
+    optim: Any,
+    total_steps: int,
+    params: Any,
+    frozen_stages: int = 0,
+    freeze: str = "none",
+    freeze_backbone_steps: int = 0,
 ) -> tuple[optax.GradientTransformation, Callable[[Any], Any]]:
-    """Builds clip -> multi_transform(AdamW per group). Returns (tx, lr schedule)."""
+    """Builds clip -> multi_transform(AdamW per group). Returns (tx, lr schedule).
+
+    With `freeze_backbone_steps` > 0 the chain is wrapped in `transfer.freeze_backbone_until`.
+    """
     schedule = make_schedule(optim, total_steps)
     mult = optim.backbone_lr_mult
 
@@ -79,6 +107,7 @@ def make_optimizer(
             sched, b1=optim.b1, b2=optim.b2, eps=1e-8, weight_decay=optim.weight_decay
         )
 
+    labels = param_labels(params, frozen_stages, freeze)
     tx = optax.chain(
         optax.clip_by_global_norm(optim.clip_norm) if optim.clip_norm > 0 else optax.identity(),
         optax.multi_transform(
@@ -87,7 +116,12 @@ def make_optimizer(
                 "backbone": adamw(lambda step: schedule(step) * mult),
                 "frozen": optax.set_to_zero(),
             },
-            param_labels(params, frozen_stages),
+            labels,
         ),
     )
+    if freeze_backbone_steps > 0:
+        from detr_jax.transfer import freeze_backbone_until
+
+        hold = freeze_backbone_until(int(freeze_backbone_steps), labels)
+        tx = optax.chain(hold, tx, freeze_backbone_until(int(freeze_backbone_steps), labels))
     return tx, schedule

@@ -24,7 +24,7 @@ from absl import logging
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from detr_jax import checkpointing, data, optim, preemption
+from detr_jax import checkpointing, data, optim, preemption, transfer
 from detr_jax.config_validation import validate_config
 from detr_jax.data.prefetch import device_prefetch
 from detr_jax.dense_loss import dense_class_loss
@@ -300,7 +300,12 @@ def _train_and_evaluate(
     rng = jax.random.PRNGKey(config.seed)
     params_shape = jax.eval_shape(lambda r: init_variables(model, config, r), rng)["params"]
     tx, schedule = optim.make_optimizer(
-        config.optim, config.total_steps, params_shape, config.model.backbone_frozen_stages
+        config.optim,
+        config.total_steps,
+        params_shape,
+        config.model.backbone_frozen_stages,
+        freeze=config.freeze,
+        freeze_backbone_steps=config.freeze_backbone_steps,
     )
     state = create_train_state(config, model, tx, rng)
     p_train, p_eval, state_sharding, data_sharding = make_steps(
@@ -315,6 +320,8 @@ def _train_and_evaluate(
     if restored is not None:
         state = jax.device_put(restored[0], state_sharding)
         logging.info("resumed from %s at step %d", restored[1]["path"], int(state.step))
+    elif config.init_from:  # a fresh run starts from pretrained weights
+        state = jax.device_put(transfer.init_from_checkpoint(config, state), state_sharding)
     start_step = int(state.step)
     if jax.process_index() == 0:
         with open(os.path.join(workdir, "config.json"), "w") as f:

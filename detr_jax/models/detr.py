@@ -11,6 +11,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from detr_jax.models.backbone import ResNet
 from detr_jax.models.position_encoding import (
@@ -44,6 +45,18 @@ def _torch_dense(features: int, fan_in: int, name: str, dtype: Any = None) -> nn
         dtype=dtype,
         name=name,
     )
+
+
+def resize_mask_nearest(mask: jax.Array, h: int, w: int) -> jax.Array:
+    """bool [B, H, W] -> [B, h, w] as torch `F.interpolate(mode="nearest")`: row i takes source
+    row floor(i * H / h) (float32 arithmetic), as DETR's backbone resizes its padding mask."""
+
+    def index(n_in: int, n_out: int) -> np.ndarray:
+        scale = np.float32(n_in) / np.float32(n_out)
+        idx = np.floor(np.arange(n_out, dtype=np.float32) * scale).astype(np.int64)
+        return np.minimum(idx, n_in - 1)
+
+    return mask[:, index(mask.shape[1], h)][:, :, index(mask.shape[2], w)]
 
 
 class MLP(nn.Module):
@@ -138,6 +151,10 @@ class DETR(nn.Module):
         )(images, pixel_mask, train=train)
         x, mask = feats[self.feature_level]
         b, h, w, c = x.shape
+        if not self.mask_backbone_features:
+            # As the original (and HF): the feature mask is the pixel mask resized (nearest).
+            # It equals the strided mask above whenever the canvas is a multiple of the stride.
+            mask = resize_mask_nearest(pixel_mask, h, w)
 
         if self.position_embedding == "sine":
             pos = sine_position_embedding(mask, self.hidden_dim)

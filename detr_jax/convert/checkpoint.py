@@ -1,0 +1,122 @@
+"""State_dict (numpy) -> validated params checkpoint that `config.init_from` accepts.
+
+Sources: "facebook" (facebookresearch/detr `model` state_dict), "hf" (`DetrForObjectDetection`),
+"torchvision_resnet" and "hf_resnet" (classification ResNets, backbone only). No torch here.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.traverse_util
+import jax
+import numpy as np
+
+from detr_jax.config_base import base_config, set_field
+from detr_jax.convert.detr import (
+    FB_BACKBONE,
+    HF_BACKBONE,
+    detect_layout,
+    facebook_to_params,
+    hf_to_params,
+    infer_model_fields,
+    normalise_hf_keys,
+)
+from detr_jax.convert.resnet import ConversionError, convert_resnet_backbone, infer_resnet
+from detr_jax.pretrained import save_params_checkpoint
+
+SOURCES = ("facebook", "hf", "torchvision_resnet", "hf_resnet")
+
+
+def convert_state_dict(
+    state_dict: dict[str, np.ndarray], source: str
+) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """Returns (flat params keyed "a/b/c", config fields the weights imply).
+
+    Raises ConversionError listing missing and unexpected keys.
+    """
+    if source == "facebook":
+        params = facebook_to_params(state_dict)
+        arch = infer_resnet(state_dict, FB_BACKBONE, "torchvision")
+        return params, infer_model_fields(params, arch)
+    if source == "hf":
+        sd = normalise_hf_keys(state_dict)
+        params = hf_to_params(sd)
+        arch = infer_resnet(sd, HF_BACKBONE, detect_layout(sd, HF_BACKBONE))
+        return params, infer_model_fields(params, arch)
+    if source in ("torchvision_resnet", "hf_resnet"):
+        layout = "torchvision" if source == "torchvision_resnet" else "hf"
+        params, fields = convert_resnet_backbone(state_dict, layout=layout)
+        return params, {f"model.{k}": v for k, v in fields.items()}
+    raise ValueError(f"source={source!r}; choose one of {SOURCES}")
+
+
+def config_for(fields: dict[str, Any], **model_overrides: Any):
+    """base_config() with `fields` (dotted names) and `model.<k>` overrides applied."""
+    config = base_config()
+    config.model.backbone_norm = "frozen_bn"
+    for k, v in fields.items():
+        set_field(config, k, v)
+    for k, v in model_overrides.items():
+        set_field(config, f"model.{k}", v)
+    return config
+
+
+def check_against_model(params: dict[str, np.ndarray], config, backbone_only: bool) -> None:
+    """Raises ConversionError unless `params` has exactly the model's keys and shapes.
+
+    With `backbone_only`, only the model's `backbone/...` params are compared.
+    """
+    from detr_jax.models import build_model  # local: keeps module import light
+
+    model = build_model(config)
+    h, w = 64, 64
+    shapes = jax.eval_shape(
+        lambda r: model.init(
+            {"params": r}, jax.numpy.zeros((1, h, w, 3)), jax.numpy.ones((1, h, w), bool)
+        ),
+        jax.random.PRNGKey(0),
+    )["params"]
+    expected = {
+        k: tuple(v.shape) for k, v in flax.traverse_util.flatten_dict(shapes, sep="/").items()
+    }
+    if backbone_only:
+        expected = {k: v for k, v in expected.items() if k.startswith("backbone/")}
+    missing = sorted(set(expected) - set(params))
+    unexpected = sorted(set(params) - set(expected))
+    bad = [
+        f"{k}: converted {tuple(params[k].shape)} vs model {expected[k]}"
+        for k in sorted(set(params) & set(expected))
+        if tuple(params[k].shape) != expected[k]
+    ]
+    if missing or unexpected or bad:
+        raise ConversionError(
+            f"converted params do not fit the model: missing {missing}, unexpected "
+            f"{unexpected}, wrong shapes {bad}"
+        )
+
+
+def write_checkpoint(
+    out_dir: str,
+    params: dict[str, np.ndarray],
+    fields: dict[str, Any],
+    source: str,
+    nheads: int = 8,
+    dilation: bool = False,
+) -> str:
+    """Validates the converted params against the model they imply and writes them to `out_dir`.
+
+    The checkpoint's `meta.json` lists the implied config fields (`config_fields`), including
+    `model.nheads`, `model.dilation`, `model.backbone_norm = "frozen_bn"` and
+    `model.mask_backbone_features = False` (the original's forward pass).
+    """
+    fields = dict(fields)
+    backbone_only = source.endswith("_resnet")
+    if not backbone_only:
+        fields.update({"model.nheads": int(nheads), "model.dilation": bool(dilation)})
+    fields["model.backbone_norm"] = "frozen_bn"
+    # The weights were trained on unmasked backbone activations (as the original computes).
+    fields["model.mask_backbone_features"] = False
+    check_against_model(params, config_for(fields), backbone_only)
+    meta = {"source": source, "backbone_only": backbone_only, "config_fields": fields}
+    return save_params_checkpoint(out_dir, params, meta)

@@ -1,0 +1,150 @@
+"""CLI: `python -m detr_jax.predict --config=CONFIG --checkpoint=CKPT [flags] IMAGES...`.
+
+Writes to `--output_dir` (default `predictions/`):
+- `detections.json`: COCO results format, a list of {image_id, category_id, bbox [x, y, w, h]
+  pixels of the original image, score}, for detections with score >= `--score_threshold`;
+- `images.json`: {image_id: file}; an image whose file stem is an integer (as in a COCO export)
+  keeps it as id, the others are numbered from 1 in the order given;
+- `<stem>_detections.png`: boxes with class names and scores;
+- `<stem>_query<q>_attention.png`: per kept query (best first, at most `--max_attention_maps`),
+  the last decoder layer's cross-attention over the image with that query's box;
+- `<stem>_encoder_attention.png`: the last encoder layer's self-attention of one position
+  (`--point=y,x` in pixels of the original image; default: the best box's centre).
+
+CKPT is any `init_from` path: a converted checkpoint, a training workdir or a checkpoint step.
+Class names: `--class_names=a,b,...`, else the shapes dataset's when `config.dataset="shapes"`,
+else `class_<label>`. COCO category ids: label + 1 for shapes (as its COCO export), else the label
+itself (the COCO-trained DETR's 91 logits are indexed by category id).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+
+import numpy as np
+from absl import app, flags
+from ml_collections import config_flags
+from PIL import Image
+
+from detr_jax.evaluation.attention_maps import draw_point_attention, draw_query_attention
+from detr_jax.evaluation.visualize import draw_detections, save_png
+from detr_jax.inference import Predictor, load_for_inference
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_file("config", None, "A configs/*.py file.", lock_config=True)
+flags.DEFINE_string("checkpoint", None, "Converted checkpoint, training workdir or step dir.")
+flags.DEFINE_string("output_dir", "predictions", "Where the JSON and PNG files go.")
+flags.DEFINE_float("score_threshold", 0.5, "Keep detections with at least this score.")
+flags.DEFINE_list("class_names", None, "Names of the contiguous labels.")
+flags.DEFINE_integer("min_size", 0, "Resize the shorter side to this (0: keep the size).")
+flags.DEFINE_integer("max_size", 0, "Cap on the longer side when resizing (0: none).")
+flags.DEFINE_list("point", None, "y,x pixel whose encoder self-attention is drawn.")
+flags.DEFINE_integer("max_attention_maps", 10, "Cross-attention PNGs per image, at most.")
+flags.mark_flags_as_required(["config", "checkpoint"])
+
+
+def class_info(config, override: list[str] | None) -> tuple[list[str], list[int]]:
+    """(class name per label, COCO category id per label)."""
+    n = config.num_classes
+    if config.dataset == "shapes":
+        from detr_jax.data import SHAPES_SPECS
+
+        names = list(SHAPES_SPECS[config.shapes.spec].class_names)
+        ids = list(range(1, n + 1))
+    else:
+        names, ids = [f"class_{i}" for i in range(n)], list(range(n))
+    if override:
+        if len(override) != n:
+            raise app.UsageError(f"--class_names has {len(override)} names, num_classes={n}")
+        names = list(override)
+    return names, ids
+
+
+def image_ids(paths: list[str]) -> list[int]:
+    stems = [os.path.splitext(os.path.basename(p))[0] for p in paths]
+    if all(s.isdigit() for s in stems) and len(set(map(int, stems))) == len(stems):
+        return [int(s) for s in stems]
+    return list(range(1, len(paths) + 1))
+
+
+def run(config, checkpoint: str, paths: list[str], output_dir: str, **opts) -> list[dict]:
+    """Predicts every image in `paths`, writes the files listed in the module docstring and
+    returns the COCO results list."""
+    names, cat_ids = class_info(config, opts.get("class_names"))
+    model, variables = load_for_inference(config, checkpoint)
+    predictor = Predictor(model, variables)
+    threshold = opts.get("score_threshold", 0.5)
+    point = opts.get("point")
+    os.makedirs(output_dir, exist_ok=True)
+    results, id_map = [], {}
+    for path, image_id in zip(paths, image_ids(paths), strict=True):
+        image = np.asarray(Image.open(path).convert("RGB"))
+        p = predictor(image, threshold, point, opts.get("min_size", 0), opts.get("max_size", 0))
+        stem = os.path.join(output_dir, os.path.splitext(os.path.basename(path))[0])
+        id_map[image_id] = path
+        for box, label, score in zip(p["boxes"], p["labels"], p["scores"], strict=True):
+            x0, y0, x1, y1 = (float(v) for v in box)
+            results.append(
+                {
+                    "image_id": int(image_id),
+                    "category_id": int(cat_ids[int(label)]),
+                    "bbox": [x0, y0, x1 - x0, y1 - y0],
+                    "score": float(score),
+                }
+            )
+        save_png(
+            stem + "_detections.png",
+            draw_detections(
+                image, p["boxes"], p["labels"], p["scores"], names, score_threshold=threshold
+            ),
+        )
+        for i in range(min(len(p["queries"]), opts.get("max_attention_maps", 10))):
+            save_png(
+                f"{stem}_query{int(p['queries'][i])}_attention.png",
+                draw_query_attention(
+                    image,
+                    p["cross_attention"][i],
+                    p["boxes"][i],
+                    int(p["labels"][i]),
+                    float(p["scores"][i]),
+                    names,
+                ),
+            )
+        if p["encoder_attention"] is not None:
+            save_png(
+                stem + "_encoder_attention.png",
+                draw_point_attention(image, p["encoder_attention"], p["point"]),
+            )
+    with open(os.path.join(output_dir, "detections.json"), "w") as f:
+        json.dump(results, f)
+    with open(os.path.join(output_dir, "images.json"), "w") as f:
+        json.dump({str(k): v for k, v in id_map.items()}, f, indent=1)
+    return results
+
+
+def main(argv: list[str]) -> None:
+    paths = argv[1:]
+    if not paths:
+        raise app.UsageError("give one or more image files after the flags")
+    point = tuple(float(v) for v in FLAGS.point) if FLAGS.point else None
+    results = run(
+        FLAGS.config,
+        FLAGS.checkpoint,
+        paths,
+        FLAGS.output_dir,
+        score_threshold=FLAGS.score_threshold,
+        class_names=FLAGS.class_names,
+        min_size=FLAGS.min_size,
+        max_size=FLAGS.max_size,
+        point=point,
+        max_attention_maps=FLAGS.max_attention_maps,
+    )
+    print(
+        f"{len(results)} detections in {len(paths)} images -> {FLAGS.output_dir}", file=sys.stderr
+    )
+
+
+if __name__ == "__main__":
+    app.run(main)
