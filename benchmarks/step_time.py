@@ -27,7 +27,7 @@ def main() -> None:
     import jax
     import numpy as np
 
-    from detr_jax import data, optim, train
+    from detr_jax import data, train
     from detr_jax.config_base import apply_override
     from detr_jax.models import build_model
 
@@ -56,10 +56,7 @@ def main() -> None:
     mesh = train.make_mesh()
     model = build_model(config)
     rng = jax.random.PRNGKey(config.seed)
-    params_shape = jax.eval_shape(lambda r: train.init_variables(model, config, r), rng)["params"]
-    tx, schedule = optim.make_optimizer(
-        config.optim, config.total_steps, params_shape, config.model.backbone_frozen_stages
-    )
+    tx, schedule = train.make_optimizer_for(config, model, rng)
     state = train.create_train_state(config, model, tx, rng)
     p_train, _, state_sharding, data_sharding = train.make_steps(
         config, model, tx, schedule, mesh, state

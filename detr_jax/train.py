@@ -58,6 +58,19 @@ def init_variables(model: nn.Module, config: Any, rng: jax.Array) -> dict:
     return model.init({"params": rng}, images, mask, train=False)
 
 
+def make_optimizer_for(config: Any, model: nn.Module, rng: jax.Array) -> tuple[Any, Any]:
+    """(tx, schedule) for `model` as the train loop builds them, freeze options included."""
+    params_shape = jax.eval_shape(lambda r: init_variables(model, config, r), rng)["params"]
+    return optim.make_optimizer(
+        config.optim,
+        config.total_steps,
+        params_shape,
+        config.model.backbone_frozen_stages,
+        freeze=config.freeze,
+        freeze_backbone_steps=config.freeze_backbone_steps,
+    )
+
+
 def create_train_state(
     config: Any, model: nn.Module, tx: optax.GradientTransformation, rng: jax.Array
 ) -> TrainState:
@@ -298,15 +311,7 @@ def _train_and_evaluate(
     dataset = data.build_dataset(config)
     model = build_model(config)
     rng = jax.random.PRNGKey(config.seed)
-    params_shape = jax.eval_shape(lambda r: init_variables(model, config, r), rng)["params"]
-    tx, schedule = optim.make_optimizer(
-        config.optim,
-        config.total_steps,
-        params_shape,
-        config.model.backbone_frozen_stages,
-        freeze=config.freeze,
-        freeze_backbone_steps=config.freeze_backbone_steps,
-    )
+    tx, schedule = make_optimizer_for(config, model, rng)
     state = create_train_state(config, model, tx, rng)
     p_train, p_eval, state_sharding, data_sharding = make_steps(
         config, model, tx, schedule, mesh, state

@@ -22,10 +22,7 @@ from detr_jax.ops.box_ops import box_cxcywh_to_xyxy, pairwise_iou
 def _setup(config):
     model = build_model(config)
     rng = jax.random.PRNGKey(config.seed)
-    shapes = jax.eval_shape(lambda r: train.init_variables(model, config, r), rng)["params"]
-    tx, schedule = optim.make_optimizer(
-        config.optim, config.total_steps, shapes, config.model.backbone_frozen_stages
-    )
+    tx, schedule = train.make_optimizer_for(config, model, rng)
     state = train.create_train_state(config, model, tx, rng)
     return model, tx, schedule, state
 

@@ -27,19 +27,11 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageEnhance, ImageOps
 
-from detr_jax.data.transforms import PER_BOX_KEYS
+from detr_jax.data.transforms import PER_BOX_KEYS, select_boxes
 
 COLOUR_OPS = ("identity", "autocontrast", "equalize", "brightness", "contrast", "color",
               "sharpness", "posterize", "solarize")
 GEOMETRIC_OPS = ("translate_x", "translate_y", "shear_x", "shear_y", "rotate")
-
-
-def _keep(sample: dict, keep: np.ndarray) -> dict:
-    out = dict(sample)
-    for k in PER_BOX_KEYS:
-        if k in out:
-            out[k] = np.asarray(out[k])[keep]
-    return out
 
 
 def _area(b: np.ndarray) -> np.ndarray:
@@ -96,7 +88,7 @@ def _geometric(sample: dict, op: str, level: float, rng: np.random.Generator) ->
         fillcolor=(124, 116, 104))
     boxes, keep = affine_boxes(sample["boxes"], fwd[:2].astype(np.float32), h, w)
     out = dict(sample, image=np.asarray(pil), boxes=boxes)
-    return _keep(out, keep)
+    return select_boxes(out, keep)
 
 
 def _colour(image: np.ndarray, op: str, level: float, rng: np.random.Generator) -> np.ndarray:
@@ -188,7 +180,7 @@ def cutmix(sample: dict, other: dict, rng: np.random.Generator, alpha: float = 1
         return dict(sample)
     image = sample["image"].copy()
     image[y0:y1, x0:x1] = o["image"][y0:y1, x0:x1]
-    kept = _keep(sample, covered_fraction(sample["boxes"], (x0, y0, x1, y1)) <= max_covered)
+    kept = select_boxes(sample, covered_fraction(sample["boxes"], (x0, y0, x1, y1)) <= max_covered)
     inside = covered_fraction(o["boxes"], (x0, y0, x1, y1))
     pasted = np.clip(o["boxes"], [x0, y0, x0, y0], [x1, y1, x1, y1]).astype(np.float32)
     ok = (inside >= 1.0 - max_covered) & (pasted[:, 2] > pasted[:, 0]) & (
@@ -209,7 +201,8 @@ def random_erasing(sample: dict, rng: np.random.Generator, scale: tuple[float, f
     image = sample["image"].copy()
     image[y0:y0 + eh, x0:x0 + ew] = rng.integers(0, 256, (eh, ew, 3), dtype=np.uint8)
     out = dict(sample, image=image)
-    return _keep(out, covered_fraction(sample["boxes"], (x0, y0, x0 + ew, y0 + eh)) <= max_covered)
+    covered = covered_fraction(sample["boxes"], (x0, y0, x0 + ew, y0 + eh))
+    return select_boxes(out, covered <= max_covered)
 
 
 AugmentFn = Callable[[dict, np.random.Generator, Callable[[], dict]], dict]

@@ -65,7 +65,8 @@ def _copy(sample: dict) -> dict:
     return dict(sample)
 
 
-def _select_boxes(sample: dict, keep: np.ndarray) -> dict:
+def select_boxes(sample: dict, keep: np.ndarray) -> dict:
+    """A copy of `sample` keeping only the boxes (and their per-box fields) where `keep`."""
     out = _copy(sample)
     for k in PER_BOX_KEYS:
         if k in out:
@@ -147,7 +148,7 @@ def crop(sample: dict, top: int, left: int, height: int, width: int) -> dict:
     out["boxes"] = b
     if "area" in out:  # as the original: area of the clipped box
         out["area"] = ((b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])).astype(np.float32)
-    return _select_boxes(out, keep)
+    return select_boxes(out, keep)
 
 
 def random_size_crop(
