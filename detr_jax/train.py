@@ -25,7 +25,16 @@ import optax
 from absl import logging
 from jax.sharding import Mesh, NamedSharding
 
-from detr_jax import checkpointing, data, distributed, optim, preemption, sharding, transfer
+from detr_jax import (
+    checkpointing,
+    data,
+    distributed,
+    fileio,
+    optim,
+    preemption,
+    sharding,
+    transfer,
+)
 from detr_jax.config_validation import validate_config
 from detr_jax.data.prefetch import device_prefetch
 from detr_jax.dense_loss import dense_class_loss
@@ -260,7 +269,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 def _train_and_evaluate(
     config: ml_collections.ConfigDict, workdir: str, stop: preemption.StopSignal
 ) -> dict[str, float]:
-    os.makedirs(workdir, exist_ok=True)
+    fileio.makedirs(workdir)
     mesh = make_mesh(config)
     dataset = data.build_dataset(config)
     model = build_model(config)
@@ -290,7 +299,7 @@ def _train_and_evaluate(
         state = jax.device_put(transfer.init_from_checkpoint(config, state), state_sharding)
     start_step = int(state.step)
     if jax.process_index() == 0:
-        with open(os.path.join(workdir, "config.json"), "w") as f:
+        with fileio.open_file(os.path.join(workdir, "config.json"), "w") as f:
             f.write(config_json)
 
     writer = MetricWriter(workdir, use_tensorboard=config.use_tensorboard)
@@ -382,6 +391,6 @@ def _train_and_evaluate(
             "preempted": preempted,
             **eval_metrics,
         }
-        with open(os.path.join(workdir, "train_summary.json"), "w") as f:
+        with fileio.open_file(os.path.join(workdir, "train_summary.json"), "w") as f:
             json.dump(summary, f)
     return eval_metrics

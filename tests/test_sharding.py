@@ -194,3 +194,31 @@ def test_loss_and_gradients_on_data8_match_one_device():
     _check_matches_one_device(out, "data8")
     assert out["data8"]["mesh"] == {"data": 8, "fsdp": 1}
     assert out["data8"]["param_spec"] == "P()"  # fsdp = 1: replicated
+
+
+def test_remote_workdir_files_go_through_epath(tmp_path, monkeypatch):
+    """gs:// workdirs: the same files through etils.epath (here on a local path posing as one)."""
+    from detr_jax import fileio, writers
+    from detr_jax.evaluation.coco_eval import write_eval_files
+    from detr_jax.evaluation.visualize import save_png
+
+    opened = []
+    real_epath = fileio._epath
+    monkeypatch.setattr(fileio, "is_remote", lambda path: True)
+    monkeypatch.setattr(fileio, "_epath", lambda path: opened.append(path) or real_epath(path))
+    writer = writers.MetricWriter(str(tmp_path), use_tensorboard=False)
+    writer.write_scalars(1, {"loss": 2.0})
+    assert not (tmp_path / "metrics.jsonl").exists()  # batched: object stores cannot append
+    writer.write_scalars(2, {"loss": 1.0})
+    writer.flush()
+    writer.write_scalars(3, {"loss": 0.5})
+    writer.flush()
+    rows = [json.loads(r) for r in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows] == [1, 2, 3]
+    write_eval_files(str(tmp_path / "ev"), {"images": []}, [], {"AP": 0.5}, step=3)
+    save_png(str(tmp_path / "ev" / "x.png"), np.zeros((4, 4, 3), np.uint8))
+    assert json.loads((tmp_path / "ev" / "eval_results.json").read_text())["metrics"] == {
+        "AP": 0.5
+    }
+    assert (tmp_path / "ev" / "x.png").read_bytes()[:4] == b"\x89PNG"
+    assert any(str(p).endswith("x.png") for p in opened)
