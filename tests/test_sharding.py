@@ -222,3 +222,57 @@ def test_remote_workdir_files_go_through_epath(tmp_path, monkeypatch):
     }
     assert (tmp_path / "ev" / "x.png").read_bytes()[:4] == b"\x89PNG"
     assert any(str(p).endswith("x.png") for p in opened)
+
+
+FAKE_TRAINER = '''
+import signal, sys, time
+args = dict(a.lstrip("-").split("=", 1) for a in sys.argv[1:] if "=" in a)
+pid = int(args["process_id"])
+if args.get("fail") == "1" and pid == 1:
+    sys.exit(5)
+got = []
+signal.signal(signal.SIGTERM, lambda s, f: got.append(s))
+print("ready", args["coordinator_address"], args["num_processes"], args["config.x"], flush=True)
+deadline = time.time() + 60
+while not got and time.time() < deadline:
+    time.sleep(0.05)
+print("stopping", flush=True)
+sys.exit(0 if pid == 0 else 3)
+'''
+
+
+def _local_launcher(tmp_path, *extra):
+    (tmp_path / "fake_trainer.py").write_text(FAKE_TRAINER)
+    env = dict(os.environ, PYTHONPATH=str(tmp_path))
+    cmd = [sys.executable, os.path.join(ROOT, "launch", "local.py"), "--num_processes=2",
+           "--module=fake_trainer", "--config.x=7", *extra]
+    return subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+
+
+def test_local_launcher_forwards_sigterm_prefixes_output_and_returns_the_worst_code(tmp_path):
+    import signal
+
+    proc = _local_launcher(tmp_path)
+    lines = []
+    while sum(" ready " in ln for ln in lines) < 2:
+        line = proc.stdout.readline()
+        assert line, "".join(lines)
+        lines.append(line)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=60)
+    log = "".join(lines) + out
+    assert proc.returncode == 3, log  # process 1 exits 3, process 0 exits 0
+    ready = [ln for ln in log.splitlines() if " ready " in ln]
+    assert sorted(ln[:4] for ln in ready) == ["[p0]", "[p1]"]
+    assert all(ln.split()[2].startswith("127.0.0.1:") and ln.split()[3:] == ["2", "7"]
+               for ln in ready), ready
+    assert "[p0] stopping" in log and "[p1] stopping" in log
+    assert "[local] exit codes [0, 3]" in log
+
+
+def test_local_launcher_kills_the_others_when_one_process_fails(tmp_path):
+    proc = _local_launcher(tmp_path, "--fail=1", "--grace_s=1")
+    out, _ = proc.communicate(timeout=60)
+    assert "[local] exit codes [-9, 5]" in out, out  # process 0 was waiting: killed
+    assert proc.returncode == 137
