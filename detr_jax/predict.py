@@ -12,9 +12,11 @@ Writes to `--output_dir` (default `predictions/`):
   (`--point=y,x` in pixels of the original image; default: the best box's centre).
 
 CKPT is any `init_from` path: a converted checkpoint, a training workdir or a checkpoint step.
-Class names: `--class_names=a,b,...`, else the shapes dataset's when `config.dataset="shapes"`,
-else `class_<label>`. COCO category ids: label + 1 for shapes (as its COCO export), else the label
-itself (the COCO-trained DETR's 91 logits are indexed by category id).
+Class names and COCO category ids: from the `categories.json` that training writes to its workdir
+(the dataset's own ids, e.g. a custom dataset's non-contiguous ones, and names); else the shapes
+dataset's names with id = label + 1 when `config.dataset="shapes"`; else `class_<label>` with
+id = label (the COCO-trained DETR's 91 logits are indexed by category id). `--class_names=a,b,...`
+overrides the names.
 """
 
 from __future__ import annotations
@@ -45,10 +47,28 @@ flags.DEFINE_integer("max_attention_maps", 10, "Cross-attention PNGs per image, 
 flags.mark_flags_as_required(["config", "checkpoint"])
 
 
-def class_info(config, override: list[str] | None) -> tuple[list[str], list[int]]:
+def find_categories(checkpoint: str) -> list[dict] | None:
+    """The `categories.json` a training run wrote to its workdir, found from a workdir, its
+    `checkpoints/` folder or a step directory; None when there is none."""
+    path = os.path.abspath(checkpoint)
+    for _ in range(3):
+        candidate = os.path.join(path, "categories.json")
+        if os.path.isfile(candidate):
+            with open(candidate) as f:
+                return json.load(f)
+        path = os.path.dirname(path)
+    return None
+
+
+def class_info(
+    config, override: list[str] | None, checkpoint: str = ""
+) -> tuple[list[str], list[int]]:
     """(class name per label, COCO category id per label)."""
     n = config.num_classes
-    if config.dataset == "shapes":
+    categories = find_categories(checkpoint) if checkpoint else None
+    if categories is not None and len(categories) == n:  # a training workdir's own labels
+        names, ids = [c["name"] for c in categories], [int(c["id"]) for c in categories]
+    elif config.dataset == "shapes":
         from detr_jax.data import SHAPES_SPECS
 
         names = list(SHAPES_SPECS[config.shapes.spec].class_names)
@@ -72,7 +92,7 @@ def image_ids(paths: list[str]) -> list[int]:
 def run(config, checkpoint: str, paths: list[str], output_dir: str, **opts) -> list[dict]:
     """Predicts every image in `paths`, writes the files listed in the module docstring and
     returns the COCO results list."""
-    names, cat_ids = class_info(config, opts.get("class_names"))
+    names, cat_ids = class_info(config, opts.get("class_names"), checkpoint)
     model, variables = load_for_inference(config, checkpoint)
     predictor = Predictor(model, variables)
     threshold = opts.get("score_threshold", 0.5)

@@ -38,6 +38,8 @@ from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from detr_jax.compile_options import jit_once
+
 MESH_AXES = ("data", "fsdp")
 BATCH_AXES = ("data", "fsdp")  # the batch dimension is split over both mesh axes
 MIN_SHARDED_SIZE = 2**14  # leaves with fewer elements stay replicated
@@ -134,11 +136,12 @@ def create_sharded_state(init_fn: Callable[[jax.Array], Any], rng: jax.Array, me
     """`init_fn(rng)` evaluated under jit straight into `state_shardings` (returns (state, tree)).
 
     The shapes come from `jax.eval_shape(init_fn, rng)`; with fsdp > 1 each device only ever
-    holds its own part of the state.
+    holds its own part of the state. Compiled like any run-once function
+    (`compile_options.jit_once`: XLA backend optimisation level 0).
     """
     abstract = jax.eval_shape(init_fn, rng)
     shardings = state_shardings(abstract, mesh)
-    state = jax.jit(init_fn, out_shardings=shardings)(rng)
+    state = jit_once(init_fn, out_shardings=shardings)(rng)
     return state, shardings
 
 

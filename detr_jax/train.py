@@ -35,6 +35,7 @@ from detr_jax import (
     sharding,
     transfer,
 )
+from detr_jax.compile_options import jit_once
 from detr_jax.config_validation import validate_config
 from detr_jax.data.prefetch import device_prefetch
 from detr_jax.dense_loss import dense_class_loss
@@ -88,16 +89,19 @@ def make_optimizer_for(config: Any, model: nn.Module, rng: jax.Array) -> tuple[A
 def create_train_state(
     config: Any, model: nn.Module, tx: optax.GradientTransformation, rng: jax.Array
 ) -> TrainState:
-    init_rng, state_rng = jax.random.split(rng)
-    variables = init_variables(model, config, init_rng)
-    params = variables["params"]
-    return TrainState(
-        step=jnp.zeros((), jnp.int32),
-        params=params,
-        batch_stats=variables.get("batch_stats", {}),
-        opt_state=tx.init(params),
-        rng=state_rng,
-    )
+    def create(rng):
+        init_rng, state_rng = jax.random.split(rng)
+        variables = init_variables(model, config, init_rng)
+        params = variables["params"]
+        return TrainState(
+            step=jnp.zeros((), jnp.int32),
+            params=params,
+            batch_stats=variables.get("batch_stats", {}),
+            opt_state=tx.init(params),
+            rng=state_rng,
+        )
+
+    return jit_once(create)(rng)  # one cheap compile; eager init dispatches every op separately
 
 
 def loss_kwargs(config: Any) -> dict:
@@ -301,6 +305,13 @@ def _train_and_evaluate(
     if jax.process_index() == 0:
         with fileio.open_file(os.path.join(workdir, "config.json"), "w") as f:
             f.write(config_json)
+        # Label -> (COCO category id, name), read by detr_jax.predict for this workdir's weights.
+        categories = [
+            {"id": int(i), "name": str(n)}
+            for i, n in zip(dataset.category_ids, dataset.class_names, strict=True)
+        ]
+        with fileio.open_file(os.path.join(workdir, "categories.json"), "w") as f:
+            json.dump(categories, f, indent=1)
 
     writer = MetricWriter(workdir, use_tensorboard=config.use_tensorboard)
     evaluator = Evaluator(config, dataset, p_eval, data_sharding, workdir, writer)

@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 from conftest import tiny_config
 
+from detr_jax.compile_options import jit_once
 from detr_jax.models import build_model
 from detr_jax.models.position_encoding import sine_position_embedding
 
@@ -50,7 +51,7 @@ def test_sine_embedding_ignores_padding():
 
 def _randomised_variables(model, rng, images, mask):
     """Init, then give every norm non-trivial statistics so the padding test has teeth."""
-    variables = model.init({"params": rng}, images, mask)
+    variables = jit_once(model.init)({"params": rng}, images, mask)
     leaves, treedef = jax.tree.flatten(variables)
     keys = jax.random.split(jax.random.PRNGKey(7), len(leaves))
     noisy = [
@@ -75,8 +76,9 @@ def test_padding_invariance_eval_mode(norm):
     variables = _randomised_variables(model, jax.random.PRNGKey(1), image, mask)
     padded = jnp.zeros((1, 96, 128, 3)).at[:, :h, :w].set(image)
     padded_mask = jnp.zeros((1, 96, 128), bool).at[:, :h, :w].set(True)
-    a = model.apply(variables, image, mask)
-    b = model.apply(variables, padded, padded_mask)
+    apply = jax.jit(model.apply)  # one compile per shape; eager dispatch is far slower
+    a = apply(variables, image, mask)
+    b = apply(variables, padded, padded_mask)
     for k in ("pred_logits", "pred_boxes"):
         np.testing.assert_allclose(a[k], b[k], atol=1e-4, err_msg=f"{norm} {k}")
 
@@ -91,8 +93,9 @@ def test_padding_changes_output_without_feature_masking():
     )
     padded = jnp.zeros((1, 96, 128, 3)).at[:, :70, :50].set(image)
     pm = jnp.zeros((1, 96, 128), bool).at[:, :70, :50].set(True)
-    a = model.apply(variables, image, jnp.ones((1, 70, 50), bool))["pred_boxes"]
-    b = model.apply(variables, padded, pm)["pred_boxes"]
+    apply = jax.jit(model.apply)
+    a = apply(variables, image, jnp.ones((1, 70, 50), bool))["pred_boxes"]
+    b = apply(variables, padded, pm)["pred_boxes"]
     assert float(jnp.max(jnp.abs(a - b))) > 1e-4
 
 
@@ -101,8 +104,8 @@ def test_output_shapes_and_ranges():
     model = build_model(config)
     images = jnp.zeros((2, 96, 96, 3))
     mask = jnp.ones((2, 96, 96), bool).at[1, 60:].set(False)
-    variables = model.init({"params": jax.random.PRNGKey(0)}, images, mask)
-    out = model.apply(variables, images, mask)
+    variables = jit_once(model.init)({"params": jax.random.PRNGKey(0)}, images, mask)
+    out = jax.jit(model.apply)(variables, images, mask)
     L, Q, C = config.model.dec_layers, config.model.num_queries, config.num_classes
     assert out["pred_logits"].shape == (L, 2, Q, C + 1)
     assert out["pred_boxes"].shape == (L, 2, Q, 4)
@@ -123,7 +126,7 @@ def test_backbone_strides_and_channels(depth, dilation, stride, channels):
     net = ResNet(depth=depth, width=8, norm="gn", dilation=dilation, return_levels=("C4", "C5"))
     x = jnp.zeros((1, 64, 96, 3))
     m = jnp.ones((1, 64, 96), bool)
-    out, _ = net.init_with_output({"params": jax.random.PRNGKey(0)}, x, m)
+    out, _ = jit_once(net.init_with_output)({"params": jax.random.PRNGKey(0)}, x, m)
     feats, fmask = out["C5"]
     assert feats.shape == (1, 64 // stride, 96 // stride, channels)
     assert fmask.shape == feats.shape[:3]
@@ -154,6 +157,6 @@ def test_empty_pixel_mask_is_finite():
     model = build_model(config)
     images = jnp.zeros((1, 96, 96, 3))
     mask = jnp.zeros((1, 96, 96), bool)
-    variables = model.init({"params": jax.random.PRNGKey(0)}, images, jnp.ones_like(mask))
-    out = model.apply(variables, images, mask)
+    variables = jit_once(model.init)({"params": jax.random.PRNGKey(0)}, images, jnp.ones_like(mask))
+    out = jax.jit(model.apply)(variables, images, mask)
     assert all(bool(jnp.all(jnp.isfinite(v))) for v in out.values())

@@ -87,3 +87,22 @@ def test_predict_cli(setup):
     proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert json.load(open(tmp / "cli" / "detections.json"))
+
+
+def test_class_info_reads_the_training_workdirs_categories(tmp_path_factory):
+    """A custom run's non-contiguous ids and names come back from its workdir's categories.json,
+    found from the workdir, its checkpoints/ folder or a step directory."""
+    from detr_jax.predict import class_info
+
+    tmp_path = tmp_path_factory.mktemp("workdir")
+    config = tiny_config(**{"dataset": "custom", "num_classes": 2})
+    cats = [{"id": 7, "name": "cat"}, {"id": 42, "name": "dog"}]
+    (tmp_path / "categories.json").write_text(json.dumps(cats))
+    step_dir = tmp_path / "checkpoints" / "5"
+    step_dir.mkdir(parents=True)
+    for where in (tmp_path, tmp_path / "checkpoints", step_dir):
+        assert class_info(config, None, str(where)) == (["cat", "dog"], [7, 42])
+    assert class_info(config, ["a", "b"], str(step_dir)) == (["a", "b"], [7, 42])
+    # Without the file (e.g. a converted checkpoint): generic names, id = label.
+    other = str(tmp_path_factory.mktemp("converted"))
+    assert class_info(config, None, other) == (["class_0", "class_1"], [0, 1])

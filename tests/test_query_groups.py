@@ -6,6 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from detr_jax.compile_options import jit_once
 from detr_jax.losses import detr_loss
 from detr_jax.matching import HungarianScipyMatcher
 from detr_jax.models import build_model
@@ -46,12 +47,13 @@ def test_folded_loss_is_the_mean_of_each_group_matched_alone():
     kwargs = dict(num_classes=3, eos_coef=0.1)
     folded_out, folded_batch = fold_query_groups(outputs, batch, groups)
     assert folded_out["pred_logits"].shape == (2, 2 * groups, queries, 4)
-    loss, metrics = detr_loss(folded_out, folded_batch, MATCHER, **kwargs)
+    loss_fn = jax.jit(detr_loss, static_argnums=2, static_argnames=tuple(kwargs))  # not eager
+    loss, metrics = loss_fn(folded_out, folded_batch, MATCHER, **kwargs)
     per_group = []
     for g in range(groups):
         sl = slice(g * queries, (g + 1) * queries)
         out_g = {k: v[:, :, sl] for k, v in outputs.items()}
-        per_group.append(detr_loss(out_g, batch, MATCHER, **kwargs)[1])
+        per_group.append(loss_fn(out_g, batch, MATCHER, **kwargs)[1])
     # Box terms: sum over groups / (groups * boxes) = mean over groups. The CE is a weighted
     # mean over all queries whose weights are the same in every group, so it is the mean too.
     for key in ("loss_ce", "loss_bbox", "loss_giou"):
@@ -67,21 +69,24 @@ def test_model_runs_all_groups_in_training_and_group_zero_in_eval():
     model = build_model(config)
     images = jnp.zeros((2, 32, 32, 3))
     pixel_mask = jnp.ones((2, 32, 32), bool)
-    variables = model.init(jax.random.PRNGKey(0), images, pixel_mask, train=False)
+    variables = jit_once(model.init, static_argnames="train")(
+        jax.random.PRNGKey(0), images, pixel_mask, train=False
+    )
+    apply = jax.jit(model.apply, static_argnames=("train", "mutable"))  # eager is ~10x slower
     q = config.model.num_queries
     assert variables["params"]["group_query_embed"].shape == (2 * q, config.model.hidden_dim)
-    out_eval = model.apply(variables, images, pixel_mask, train=False)
+    out_eval = apply(variables, images, pixel_mask, train=False)
     assert out_eval["pred_logits"].shape[2] == q
-    out_train, _ = model.apply(
-        variables, images, pixel_mask, train=True, mutable=["batch_stats"],
+    out_train, _ = apply(
+        variables, images, pixel_mask, train=True, mutable=("batch_stats",),
         rngs={"dropout": jax.random.PRNGKey(1), "droppath": jax.random.PRNGKey(2)},
     )
     assert out_train["pred_logits"].shape[2] == 3 * q
     # Block-diagonal self-attention: changing the other groups' queries leaves group 0 alone.
     params = dict(variables["params"])
     params["group_query_embed"] = params["group_query_embed"] + 1.0
-    out_moved, _ = model.apply(
-        dict(variables, params=params), images, pixel_mask, train=True, mutable=["batch_stats"],
+    out_moved, _ = apply(
+        dict(variables, params=params), images, pixel_mask, train=True, mutable=("batch_stats",),
         rngs={"dropout": jax.random.PRNGKey(1), "droppath": jax.random.PRNGKey(2)},
     )
     np.testing.assert_allclose(

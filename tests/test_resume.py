@@ -7,8 +7,8 @@ a step, so it must save at the next step boundary and exit 0 within 60 s; a fake
 checkpoint is then left in the directory; C resumes and finishes. C's final state must be bitwise
 equal to cli_run's. These tests are marked slow (run them with `pytest -m slow
 tests/test_resume.py`). The NaN test runs in-process in the default suite and doubles as the
-same-seed determinism check. The subprocesses share a persistent XLA cache (the model init's
-ops hit it; the train step, which holds a host callback, is not cached by JAX).
+same-seed determinism check. The subprocesses share conftest's persistent XLA cache, so the
+tiny model's steps compile once per session.
 """
 
 from __future__ import annotations
@@ -32,15 +32,8 @@ VOLATILE = {"time", "steps_per_sec", "train_time_s"}
 
 
 @pytest.fixture(scope="module")
-def env(tmp_path_factory):
-    cache = tmp_path_factory.mktemp("xla_cache")
-    return dict(
-        os.environ,
-        JAX_PLATFORMS="cpu",
-        JAX_COMPILATION_CACHE_DIR=str(cache),
-        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
-        JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
-    )
+def env():
+    return dict(os.environ, JAX_PLATFORMS="cpu")  # with conftest's shared compilation cache
 
 
 def _steps(workdir) -> list[int]:

@@ -15,7 +15,9 @@ from conftest import tiny_config  # noqa: E402
 
 def get_config():
     c = tiny_config(
-        **{"total_steps": 4, "checkpoint_every": 2, "log_every": 1, "mesh.fsdp": 2}
+        **{"total_steps": 4, "checkpoint_every": 2, "log_every": 1, "mesh.fsdp": 2,
+           # The default matcher: a host callback, which XLA runs on device 0 (process 0).
+           "matcher.name": "hungarian_scipy"}
     )
     c.image_buckets = [(96, 96), (128, 128)]
     return c

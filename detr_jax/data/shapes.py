@@ -337,12 +337,14 @@ def image_file_name(image_id: int) -> str:
     return f"{image_id:06d}.png"
 
 
-def coco_ground_truth(samples: Iterable[dict], class_names: Iterable[str]) -> dict:
+def coco_ground_truth(
+    samples: Iterable[dict], class_names: Iterable[str], category_ids: list[int] | None = None
+) -> dict:
     """COCO-format dict (images, annotations, categories) for samples with masks.
 
     The evaluation's ground truth (``coco_gt_from_samples``: ``bbox`` [x, y, w, h] pixels of the
     full box, ``area`` the visible mask area) plus ``file_name`` per image and the visible mask
-    as RLE ``segmentation`` (counts as str); category_id = label + 1.
+    as RLE ``segmentation`` (counts as str). Label k gets ``category_ids[k]`` (default k + 1).
     """
     from pycocotools import mask as mask_util
 
@@ -350,8 +352,13 @@ def coco_ground_truth(samples: Iterable[dict], class_names: Iterable[str]) -> di
 
     samples = list(samples)
     names = list(class_names)
-    gt = coco_gt_from_samples(samples, list(range(1, len(names) + 1)), names)
-    gt["categories"] = coco_categories(names)
+    ids = list(category_ids) if category_ids else list(range(1, len(names) + 1))
+    if len(ids) != len(names) or len(set(ids)) != len(ids):
+        raise ValueError(f"category_ids {ids} must be {len(names)} distinct ids, one per class")
+    gt = coco_gt_from_samples(samples, ids, names)
+    gt["categories"] = [
+        dict(c, id=i) for c, i in zip(coco_categories(names), ids, strict=True)
+    ]
     for image in gt["images"]:
         image["file_name"] = image_file_name(image["id"])
     masks = [m for s in samples for m in s["masks"]]
@@ -362,7 +369,12 @@ def coco_ground_truth(samples: Iterable[dict], class_names: Iterable[str]) -> di
     return gt
 
 
-def export_coco(samples: Iterable[dict], out_dir: str, class_names: Iterable[str]) -> str:
+def export_coco(
+    samples: Iterable[dict],
+    out_dir: str,
+    class_names: Iterable[str],
+    category_ids: list[int] | None = None,
+) -> str:
     """Write ``out_dir/images/<id:06d>.png`` and ``out_dir/annotations.json``; return its path."""
     samples = list(samples)
     os.makedirs(os.path.join(out_dir, "images"), exist_ok=True)
@@ -371,7 +383,7 @@ def export_coco(samples: Iterable[dict], out_dir: str, class_names: Iterable[str
             os.path.join(out_dir, "images", image_file_name(s["image_id"])))
     path = os.path.join(out_dir, "annotations.json")
     with open(path, "w") as f:
-        json.dump(coco_ground_truth(samples, class_names), f)
+        json.dump(coco_ground_truth(samples, class_names, category_ids), f)
     return path
 
 
@@ -382,14 +394,24 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--split", default="train", choices=("train", "val"),
                         help="train: training stream indices 0..N-1; val: validation stream")
+    parser.add_argument("--spec", default="standard",
+                        help="shapes variant (config field shapes.spec): standard | plain")
+    parser.add_argument("--category-ids", default="",
+                        help="comma-separated COCO ids, one per class (default 1..K)")
     args = parser.parse_args(argv)
+    from detr_jax.data import SHAPES_SPECS  # the package imports this module
+
+    if args.spec not in SHAPES_SPECS:
+        parser.error(f"--spec={args.spec!r}; choose one of {tuple(SHAPES_SPECS)}")
+    spec = SHAPES_SPECS[args.spec]
+    ids = [int(i) for i in args.category_ids.split(",")] if args.category_ids else None
     stream = VAL_STREAM if args.split == "val" else TRAIN_STREAM
-    samples = [generate_sample(STANDARD_SHAPES, args.seed, i, stream=stream)
+    samples = [generate_sample(spec, args.seed, i, stream=stream)
                for i in range(args.num_images)]
-    path = export_coco(samples, args.export, STANDARD_SHAPES.class_names)
+    path = export_coco(samples, args.export, spec.class_names, ids)
     n_ann = sum(len(s["labels"]) for s in samples)
     print(f"shapes: wrote {len(samples)} images, {n_ann} annotations "
-          f"(split={args.split}, seed={args.seed}) to {path}")
+          f"(spec={args.spec}, split={args.split}, seed={args.seed}) to {path}")
 
 
 if __name__ == "__main__":
