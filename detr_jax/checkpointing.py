@@ -50,9 +50,8 @@ def make_manager(workdir: str, every: int, keep: int) -> ocp.CheckpointManager:
         create=True,
         cleanup_tmp_directories=True,  # leftovers of saves interrupted by a crash
     )
-    return ocp.CheckpointManager(
-        os.path.join(os.path.abspath(workdir), "checkpoints"), options=options
-    )
+    root = workdir if "://" in workdir else os.path.abspath(workdir)  # gs:// stays as is
+    return ocp.CheckpointManager(os.path.join(root, "checkpoints"), options=options)
 
 
 def step_path(manager: ocp.CheckpointManager, step: int) -> str:

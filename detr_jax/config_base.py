@@ -1,8 +1,8 @@
 """The full set of config fields with DETR's defaults; `configs/*.py` start from `base_config()`.
 
 Top-level fields: `total_steps`, `batch_size` (global), `eval_every`, `checkpoint_every`, ...
-Sub-configs: `model`, `matcher`, `loss`, `optim`, `eval`, one per dataset (`shapes`, `coco`,
-`custom`) and `transforms`.
+Sub-configs: `mesh`, `model`, `matcher`, `loss`, `optim`, `eval`, one per dataset (`shapes`,
+`coco`, `custom`) and `transforms`.
 """
 
 from __future__ import annotations
@@ -29,6 +29,11 @@ def base_config() -> ml_collections.ConfigDict:
     c.use_tensorboard = True
     c.max_consecutive_nonfinite = 20  # skipped (NaN/inf) steps in a row before the run stops
     c.preemption_sync_every = 1  # multi-process: steps between agreeing on a SIGTERM stop
+
+    # ---- Device mesh (detr_jax/sharding.py): data * fsdp must equal the device count ----
+    c.mesh = ml_collections.ConfigDict()
+    c.mesh.data = -1  # data-parallel replicas; -1: all devices not used by fsdp
+    c.mesh.fsdp = 1  # devices sharing (sharding) params and optimiser state; batches split on both
 
     # ---- Transfer learning (detr_jax/transfer.py, optim.param_labels) ----
     c.init_from = ""  # converted params checkpoint (python -m detr_jax.convert) or a workdir

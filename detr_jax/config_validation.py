@@ -6,7 +6,7 @@ import os
 import tempfile
 from typing import Any
 
-from detr_jax import transfer
+from detr_jax import sharding, transfer
 from detr_jax.data import DATASET_CHOICES, SHAPES_SPECS
 from detr_jax.matching import MATCHERS
 from detr_jax.models import MODEL_CHOICES
@@ -112,15 +112,7 @@ def validate_config(config: Any, num_devices: int, workdir: str | None = None) -
         0 <= config.loss.label_smoothing < 1,
         f"loss.label_smoothing={config.loss.label_smoothing} must be in [0, 1)",
     )
-    need(
-        config.batch_size % num_devices == 0,
-        f"batch_size={config.batch_size} must be divisible by the device count {num_devices}",
-    )
-    need(
-        config.eval.batch_size % num_devices == 0,
-        f"eval.batch_size={config.eval.batch_size} must be divisible by the device count "
-        f"{num_devices}",
-    )
+    _check_mesh(config, num_devices, need, errors)
     buckets = list(config.image_buckets)
     need(
         len(buckets) > 0 and all(len(b) == 2 and b[0] > 0 and b[1] > 0 for b in buckets),
@@ -134,6 +126,20 @@ def validate_config(config: Any, num_devices: int, workdir: str | None = None) -
         need(problem is None, f"workdir={workdir!r} is not writable ({problem})")
     if errors:
         raise ConfigError("invalid config:\n  " + "\n  ".join(errors))
+
+
+def _check_mesh(config: Any, num_devices: int, need: Any, errors: list[str]) -> None:
+    """The mesh fits the devices; both batch sizes split evenly over data * fsdp devices."""
+    mesh = config.get("mesh")
+    problems = [] if mesh is None else sharding.mesh_problems(mesh, num_devices)
+    errors += problems
+    if problems:
+        return
+    for field, value in (("batch_size", config.batch_size),
+                         ("eval.batch_size", config.eval.batch_size)):
+        need(value % num_devices == 0,
+             f"{field}={value} must be divisible by the device count {num_devices} "
+             "(= mesh.data * mesh.fsdp: every device gets its own images)")
 
 
 def _check_transforms(config: Any, buckets: list, need: Any) -> None:

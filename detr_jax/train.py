@@ -1,8 +1,10 @@
 """Training: state creation, plain `train_step` / `eval_step`, and the `train_and_evaluate` loop.
 
-The state is a pytree (`TrainState`), replicated over a 1-D `data` mesh; batches are sharded
-along `data`. Both steps are jitted with NamedShardings, which works the same on 1 device and on
-N, and the train step donates the state.
+The state is a pytree (`TrainState`) on the ("data", "fsdp") mesh of `config.mesh`: replicated
+when `mesh.fsdp` is 1, its large leaves split over `fsdp` otherwise; batches are split over every
+device (detr_jax/sharding.py). Both steps are jitted with in/out NamedShardings over global
+arrays, which works the same on 1 device, on N and on N processes; the train step donates the
+state.
 """
 
 from __future__ import annotations
@@ -22,9 +24,17 @@ import numpy as np
 import optax
 from absl import logging
 from jax.sharding import Mesh, NamedSharding
-from jax.sharding import PartitionSpec as P
 
-from detr_jax import checkpointing, data, optim, preemption, transfer
+from detr_jax import (
+    checkpointing,
+    data,
+    distributed,
+    fileio,
+    optim,
+    preemption,
+    sharding,
+    transfer,
+)
 from detr_jax.compile_options import jit_once
 from detr_jax.config_validation import validate_config
 from detr_jax.data.prefetch import device_prefetch
@@ -35,6 +45,7 @@ from detr_jax.losses import detr_loss
 from detr_jax.matching import get_matcher
 from detr_jax.models import build_model
 from detr_jax.models.query_groups import fold_query_groups
+from detr_jax.nonfinite import NonFiniteMonitor, NonFiniteStop  # noqa: F401 (re-exported)
 from detr_jax.writers import MetricWriter
 
 
@@ -47,9 +58,12 @@ class TrainState:
     rng: jax.Array  # uint32[2] raw key
 
 
-def make_mesh() -> Mesh:
-    """A 1-D mesh named `data` over every device of every process."""
-    return Mesh(np.asarray(jax.devices()), ("data",))
+def make_mesh(config: Any = None) -> Mesh:
+    """The ("data", "fsdp") mesh of `config.mesh` over every device of every process.
+
+    Without a config (or a config without `mesh`): data = all devices, fsdp = 1.
+    """
+    return sharding.make_mesh(None if config is None else config.get("mesh"))
 
 
 def init_variables(model: nn.Module, config: Any, rng: jax.Array) -> dict:
@@ -204,12 +218,17 @@ def eval_step(state, batch, *, model, matcher, loss_cfg, top_k):
 
 
 def make_steps(config, model, tx, schedule, mesh, state):
-    """Jitted train/eval steps with NamedShardings (state replicated, batch split on `data`)."""
+    """Jitted train/eval steps with NamedShardings; returns (train, eval, state_sh, batch_sh).
+
+    `state` (arrays or `jax.eval_shape` structs) gives the state's structure: its sharding is
+    `sharding.state_shardings` (replicated unless mesh fsdp > 1); batches are split over all
+    devices; the metrics and eval outputs come back replicated.
+    """
     matcher = get_matcher(config.matcher.name)
     loss_cfg = loss_kwargs(config)
-    replicated = NamedSharding(mesh, P())
-    data_sharding = NamedSharding(mesh, P("data"))
-    state_sharding = jax.tree.map(lambda _: replicated, state)
+    replicated = sharding.replicated(mesh)
+    data_sharding = sharding.batch_sharding(mesh)
+    state_sharding = sharding.state_shardings(state, mesh)
     p_train = jax.jit(
         functools.partial(
             train_step, model=model, tx=tx, schedule=schedule, matcher=matcher, loss_cfg=loss_cfg
@@ -232,67 +251,11 @@ def make_steps(config, model, tx, schedule, mesh, state):
     return p_train, p_eval, state_sharding, data_sharding
 
 
-def to_global(batch: dict[str, np.ndarray], sharding: NamedSharding) -> dict[str, jax.Array]:
-    """Assembles this process's share of the batch into global arrays sharded on `data`."""
-    return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in batch.items()}
-
-
-class NonFiniteStop(RuntimeError):
-    """Training stopped after `max_consecutive_nonfinite` skipped (non-finite) steps in a row."""
-
-
-class NonFiniteMonitor:
-    """Counts consecutive skipped steps on the host from the steps' `nonfinite` flags.
-
-    The loop reads each step's flag one step late (after dispatching the next step), so the read
-    waits for a step that is done or nearly done and the device always has the next step queued:
-    no pipeline bubble, unlike reading the flag of the step just dispatched.
-    """
-
-    def __init__(self, limit: int):
-        self.limit = limit
-        self.streak = 0  # consecutive skipped steps up to the last observed one
-        self.first_bad: int | None = None  # first step of the current streak
-        self.total = 0
-
-    def observe(self, step: int, nonfinite: float) -> None:
-        if nonfinite > 0:
-            self.streak += 1
-            self.total += 1
-            self.first_bad = step if self.streak == 1 else self.first_bad
-            logging.warning(
-                "step %d: non-finite loss or gradient norm, update skipped (%d in a row, "
-                "%d in all; the limit is max_consecutive_nonfinite=%d)",
-                step,
-                self.streak,
-                self.total,
-                self.limit,
-            )
-        else:
-            self.streak, self.first_bad = 0, None
-
-    @property
-    def exceeded(self) -> bool:
-        return self.streak >= self.limit
-
-    def error(self, manager: Any, step: int) -> NonFiniteStop:
-        """The error to raise, naming the newest checkpoint saved before the streak."""
-        manager.wait_until_finished()
-        manager.reload()
-        good = [s for s in manager.all_steps() if s <= self.first_bad]
-        where = (
-            f"the last good checkpoint is step {max(good)} at "
-            f"{checkpointing.step_path(manager, max(good))}"
-            if good
-            else "no checkpoint was saved before it (restart from scratch)"
-        )
-        return NonFiniteStop(
-            f"stopping at step {step}: the loss or gradient norm was non-finite in "
-            f"{self.streak} consecutive steps ({self.first_bad}..{self.first_bad + self.streak - 1}"
-            f"; max_consecutive_nonfinite={self.limit}); {where}. Its parameters come from finite "
-            "updates only. See README 'Troubleshooting: NaN losses' (lower optim.lr, raise "
-            "optim.warmup_steps, keep optim.clip_norm > 0, check the data for bad boxes)."
-        )
+def to_global(batch: dict[str, np.ndarray], batch_sharding: NamedSharding) -> dict[str, jax.Array]:
+    """Assembles this process's share of the batch into global arrays split over all devices."""
+    return {
+        k: jax.make_array_from_process_local_data(batch_sharding, v) for k, v in batch.items()
+    }
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:
@@ -310,18 +273,25 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[
 def _train_and_evaluate(
     config: ml_collections.ConfigDict, workdir: str, stop: preemption.StopSignal
 ) -> dict[str, float]:
-    os.makedirs(workdir, exist_ok=True)
-    mesh = make_mesh()
+    fileio.makedirs(workdir)
+    mesh = make_mesh(config)
     dataset = data.build_dataset(config)
     model = build_model(config)
     rng = jax.random.PRNGKey(config.seed)
     tx, schedule = make_optimizer_for(config, model, rng)
-    state = create_train_state(config, model, tx, rng)
+    state, _ = sharding.create_sharded_state(
+        lambda r: create_train_state(config, model, tx, r), rng, mesh
+    )
     p_train, p_eval, state_sharding, data_sharding = make_steps(
         config, model, tx, schedule, mesh, state
     )
-    state = jax.device_put(state, state_sharding)
-    logging.info("params: %d", sum(x.size for x in jax.tree.leaves(state.params)))
+    logging.info(
+        "params: %d; mesh %s over %d process(es); %s",
+        sum(x.size for x in jax.tree.leaves(state.params)),
+        dict(mesh.shape),
+        jax.process_count(),
+        sharding.describe(state, state_sharding),
+    )
 
     config_json = config.to_json()
     manager = checkpointing.make_manager(workdir, config.checkpoint_every, config.keep_checkpoints)
@@ -333,14 +303,14 @@ def _train_and_evaluate(
         state = jax.device_put(transfer.init_from_checkpoint(config, state), state_sharding)
     start_step = int(state.step)
     if jax.process_index() == 0:
-        with open(os.path.join(workdir, "config.json"), "w") as f:
+        with fileio.open_file(os.path.join(workdir, "config.json"), "w") as f:
             f.write(config_json)
         # Label -> (COCO category id, name), read by detr_jax.predict for this workdir's weights.
         categories = [
             {"id": int(i), "name": str(n)}
             for i, n in zip(dataset.category_ids, dataset.class_names, strict=True)
         ]
-        with open(os.path.join(workdir, "categories.json"), "w") as f:
+        with fileio.open_file(os.path.join(workdir, "categories.json"), "w") as f:
             json.dump(categories, f, indent=1)
 
     writer = MetricWriter(workdir, use_tensorboard=config.use_tensorboard)
@@ -353,6 +323,9 @@ def _train_and_evaluate(
         max_boxes=config.max_boxes,
         process_index=jax.process_index(),
         process_count=jax.process_count(),
+        agree=lambda local: distributed.agree_on_buckets(
+            local, config.image_buckets, f"train/{start_step}"
+        ),
     )
     batches = device_prefetch(batches, data_sharding, size=2)  # sharded, 2 steps ahead
     monitor = NonFiniteMonitor(config.max_consecutive_nonfinite)
@@ -429,6 +402,6 @@ def _train_and_evaluate(
             "preempted": preempted,
             **eval_metrics,
         }
-        with open(os.path.join(workdir, "train_summary.json"), "w") as f:
+        with fileio.open_file(os.path.join(workdir, "train_summary.json"), "w") as f:
             json.dump(summary, f)
     return eval_metrics

@@ -114,7 +114,9 @@ def merge_pretrained(
                     continue
                 mismatched.append(f"{key}: checkpoint {src.shape} vs model {tuple(value.shape)}")
                 continue
-            new[key] = jnp.asarray(src, dtype=value.dtype)
+            # Host numpy: every process holds the same values, which device_put can then place
+            # on a multi-process mesh (a single-device jax.Array could not be).
+            new[key] = np.asarray(src, dtype=value.dtype)
             report["loaded"].append(key)
         scope = (lambda k: k.startswith("backbone/")) if mode == "backbone" else (lambda k: True)
         report["ignored"] += [k for k in source[coll] if k not in target[coll] and scope(k)]

@@ -1,7 +1,9 @@
 """Metric writers: clu's TensorBoard writer when TensorFlow is installed, plain logging otherwise.
 
 Every writer also appends scalars to `workdir/metrics.jsonl` (one JSON object per write, with the
-step and the wall time), which the benchmarks read. Only process 0 writes.
+step and the wall time), which the benchmarks read. Only process 0 writes. On a remote workdir
+(`gs://...`, which cannot append) the lines are appended in batches: every `REMOTE_EVERY_S`
+seconds and on `flush()`.
 """
 
 from __future__ import annotations
@@ -15,6 +17,10 @@ from typing import Any
 import jax
 import numpy as np
 from absl import logging
+
+from detr_jax import fileio
+
+REMOTE_EVERY_S = 120.0
 
 
 class _LoggingWriter:
@@ -43,6 +49,9 @@ class MetricWriter:
         self._active = jax.process_index() == 0
         self._start = time.time()
         self._jsonl = os.path.join(workdir, "metrics.jsonl") if self._active else None
+        self._remote = fileio.is_remote(workdir)
+        self._pending: list[str] = []  # remote workdir: lines not written yet
+        self._last_append = time.time()
         self._writer: Any = _LoggingWriter()
         if self._active and use_tensorboard:
             try:
@@ -57,8 +66,17 @@ class MetricWriter:
             return
         clean = {k: float(v) for k, v in scalars.items()}
         self._writer.write_scalars(step, clean)
-        with open(self._jsonl, "a") as f:
-            f.write(json.dumps({"step": step, "time": time.time() - self._start, **clean}) + "\n")
+        self._pending.append(
+            json.dumps({"step": step, "time": time.time() - self._start, **clean}) + "\n"
+        )
+        if not self._remote or time.time() - self._last_append > REMOTE_EVERY_S:
+            self._append_pending()
+
+    def _append_pending(self) -> None:
+        if self._pending:
+            fileio.append_text(self._jsonl, "".join(self._pending))
+            self._pending = []
+        self._last_append = time.time()
 
     def write_images(self, step: int, images: Mapping[str, np.ndarray]) -> None:
         """images: name -> uint8 [H, W, 3] (or [N, H, W, 3])."""
@@ -80,8 +98,10 @@ class MetricWriter:
 
     def flush(self) -> None:
         if self._active:
+            self._append_pending()
             self._writer.flush()
 
     def close(self) -> None:
         if self._active:
+            self._append_pending()
             self._writer.close()

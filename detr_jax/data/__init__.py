@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import numpy as np
@@ -102,12 +102,15 @@ def train_batches(
     process_index: int = 0,
     process_count: int = 1,
     prefetch: int = 4,
+    agree: Callable[[Iterator[dict]], Iterator[dict]] | None = None,
 ) -> Iterator[dict[str, np.ndarray]]:
     """This process's share of each global training batch, from `start_step` on.
 
     Global batch s holds the stream's samples s*B .. (s+1)*B-1, so the data order is a pure
-    function of (seed, step) and resuming at any step reproduces it. Batches are produced in a
-    background thread, `prefetch` ahead.
+    function of (seed, step) and resuming at any step reproduces it; process p of n gets the
+    samples i with i % n == p (B/n of them per batch). Batches are produced in a background
+    thread, `prefetch` ahead; `agree` (e.g. `distributed.agree_on_buckets`) wraps the local batch
+    stream in that thread.
     """
     if global_batch_size % process_count:
         raise ValueError(
@@ -124,7 +127,8 @@ def train_batches(
         buckets=buckets,
         max_boxes=max_boxes,
     )
-    return _background(_count_dropped_boxes(batches), prefetch)
+    local = _count_dropped_boxes(batches)
+    return _background(local if agree is None else agree(local), prefetch)
 
 
 def _count_dropped_boxes(

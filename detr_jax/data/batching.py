@@ -179,3 +179,20 @@ def batch_iterator(
             chunk = []
     if chunk:
         yield collate(chunk, buckets=buckets, max_boxes=max_boxes, batch_size=batch_size)
+
+
+def pad_to_bucket(batch: dict[str, np.ndarray], hb: int, wb: int) -> dict[str, np.ndarray]:
+    """``batch`` with ``image`` [B, hb, wb, 3] and ``pixel_mask`` [B, hb, wb] (zero / False
+    padding at the bottom and right, as ``collate`` pads); the other arrays are unchanged.
+
+    The bucket must be at least the batch's own; returns ``batch`` itself when it is the same.
+    """
+    h, w = batch["image"].shape[1:3]
+    if (h, w) == (hb, wb):
+        return batch
+    if hb < h or wb < w:
+        raise ValueError(f"cannot pad a ({h}, {w}) batch to the smaller bucket ({hb}, {wb})")
+    out = dict(batch)
+    out["image"] = np.pad(batch["image"], ((0, 0), (0, hb - h), (0, wb - w), (0, 0)))
+    out["pixel_mask"] = np.pad(batch["pixel_mask"], ((0, 0), (0, hb - h), (0, wb - w)))
+    return out

@@ -1,10 +1,10 @@
 """Prefetch host batches onto the devices, already sharded for the jitted step.
 
 Each process passes its own share of the global batch (numpy, leading axis = this process's
-``B / process_count`` images); :func:`device_prefetch` turns it into global ``jax.Array`` s sharded
-by ``sharding`` (``NamedSharding(mesh, P("data"))``: the batch axis split over every device of
-every process) with ``jax.make_array_from_process_local_data``, ``size`` batches ahead.  The
-transfers are asynchronous, so they overlap with the running step.
+``B / process_count`` images); :func:`device_prefetch` turns it into global ``jax.Array`` s
+sharded by ``sharding`` (``sharding.batch_sharding(mesh)``, ``P(("data", "fsdp"))``: the batch
+axis split over every device of every process) with ``jax.make_array_from_process_local_data``,
+``size`` batches ahead.  The transfers are asynchronous, so they overlap with the running step.
 """
 
 from __future__ import annotations

@@ -31,6 +31,8 @@ import numpy as np
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
+from detr_jax import fileio
+
 METRIC_NAMES: tuple[str, ...] = (
     "AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100",
 )
@@ -235,15 +237,15 @@ def write_eval_files(
     Returns:
       ``{"eval_results": path, "predictions": path, "ground_truth": path}``.
     """
-    os.makedirs(workdir, exist_ok=True)
+    fileio.makedirs(workdir)
     paths = {
         "eval_results": os.path.join(workdir, "eval_results.json"),
         "predictions": os.path.join(workdir, "predictions.json"),
         "ground_truth": os.path.join(workdir, "ground_truth.json"),
     }
-    with open(paths["ground_truth"], "w") as f:
+    with fileio.open_file(paths["ground_truth"], "w") as f:
         json.dump(gt, f)
-    with open(paths["predictions"], "w") as f:
+    with fileio.open_file(paths["predictions"], "w") as f:
         json.dump(predictions, f)
     summary = {
         "step": int(step),
@@ -251,7 +253,7 @@ def write_eval_files(
         "gt_file": paths["ground_truth"],
         "predictions_file": paths["predictions"],
     }
-    with open(paths["eval_results"], "w") as f:
+    with fileio.open_file(paths["eval_results"], "w") as f:
         json.dump(summary, f, indent=2)
     return paths
 

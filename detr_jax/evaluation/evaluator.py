@@ -17,12 +17,18 @@ import numpy as np
 from jax.sharding import NamedSharding
 
 from detr_jax.data.batching import batch_iterator, collate
+from detr_jax.distributed import agree_on_buckets
 from detr_jax.evaluation.coco_eval import CocoEvaluator, coco_gt_from_samples, write_eval_files
 from detr_jax.evaluation.visualize import draw_detections, image_grid, save_png
 
 
 class Evaluator:
-    """COCO evaluation of a train state on `dataset.val_samples()` (sharded over processes)."""
+    """COCO evaluation of a train state on `dataset.val_samples()` (sharded over processes).
+
+    Every process loads every n-th validation image and runs the same number of batches; the
+    eval step returns replicated outputs, so every process scores all predictions, and process 0
+    alone writes the files and pictures.
+    """
 
     def __init__(
         self,
@@ -51,6 +57,13 @@ class Evaluator:
             )
 
     def _local_batches(self):
+        """This process's share of each eval batch, padded to the bucket all processes use."""
+        self._runs = getattr(self, "_runs", 0) + 1
+        return agree_on_buckets(
+            self._own_batches(), self.config.image_buckets, f"eval/{self._runs}"
+        )
+
+    def _own_batches(self):
         p, n = jax.process_index(), jax.process_count()
         local = self.samples[p::n]
         # Every process runs the same number of batches (fillers complete the short ones).

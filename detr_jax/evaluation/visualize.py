@@ -14,6 +14,8 @@ from collections.abc import Sequence
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+from detr_jax import fileio
+
 _PALETTE: tuple[tuple[int, int, int], ...] = (
     (230, 25, 75), (60, 180, 75), (255, 225, 25), (0, 130, 200), (245, 130, 48),
     (145, 30, 180), (70, 240, 240), (240, 50, 230), (210, 245, 60), (250, 190, 212),
@@ -157,5 +159,6 @@ def save_png(path: str | os.PathLike, array: np.ndarray) -> None:
     """Save a uint8 [H, W, 3] (or [H, W]) array as PNG, creating parent folders."""
     parent = os.path.dirname(os.fspath(path))
     if parent:
-        os.makedirs(parent, exist_ok=True)
-    Image.fromarray(np.asarray(array, dtype=np.uint8)).save(path, format="PNG")
+        fileio.makedirs(parent)
+    with fileio.open_file(path, "wb") as f:
+        Image.fromarray(np.asarray(array, dtype=np.uint8)).save(f, format="PNG")
