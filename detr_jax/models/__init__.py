@@ -8,6 +8,7 @@ import jax.numpy as jnp
 
 from detr_jax.models.backbone import BACKBONE_CHOICES
 from detr_jax.models.detr import DETR
+from detr_jax.models.transformer import ATTENTION_CHOICES
 
 MODEL_CHOICES = ("detr",)
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -22,6 +23,11 @@ def build_model(config: Any) -> DETR:
         raise ValueError(f"model.backbone={m.backbone!r}; choose one of {BACKBONE_CHOICES}")
     if m.dtype not in _DTYPES:
         raise ValueError(f"model.dtype={m.dtype!r}; choose one of {tuple(_DTYPES)}")
+    attention_impl = m.get("attention_impl", "xla")
+    if attention_impl not in ATTENTION_CHOICES:
+        raise ValueError(
+            f"model.attention_impl={attention_impl!r}; choose one of {ATTENTION_CHOICES}"
+        )
     return DETR(
         num_classes=config.num_classes,
         num_queries=m.num_queries,
@@ -46,4 +52,8 @@ def build_model(config: Any) -> DETR:
         feature_level=m.feature_level,
         num_query_groups=m.num_query_groups,
         dtype=_DTYPES[m.dtype],
+        attention_impl=attention_impl,
+        remat_backbone=bool(m.get("remat_backbone", False)),
+        remat_encoder=bool(m.get("remat_encoder", False)),
+        remat_decoder=bool(m.get("remat_decoder", False)),
     )
