@@ -64,7 +64,11 @@ def base_config() -> ml_collections.ConfigDict:
     m.feature_level = "C5"  # backbone level fed to the transformer (C4: stride 16, 8 dilated)
     m.dense_aux_head = False  # per-position class head on C5 (detr_jax/dense_loss.py)
     m.num_query_groups = 1  # Group DETR training groups (detr_jax/models/query_groups.py)
-    m.dtype = "float32"
+    m.dtype = "float32"  # compute dtype: float32 | bfloat16 (params, loss and heads stay fp32)
+    m.attention_impl = "xla"  # xla (einsums) | dot_product | cudnn (jax.nn.dot_product_attention)
+    m.remat_backbone = False  # rematerialise residual blocks / transformer layers (nn.remat)
+    m.remat_encoder = False
+    m.remat_decoder = False
 
     mt = c.matcher = ml_collections.ConfigDict()
     mt.name = "hungarian_scipy"

@@ -43,8 +43,12 @@ R50 = dict(
 )
 
 
-def build_hf_detr(spec: dict, seed: int = 0, position_embedding: str = "sine"):
+def build_hf_detr(
+    spec: dict, seed: int = 0, position_embedding: str = "sine", **config_overrides
+):
     """A random-weight HF DETR in eval mode, its FrozenBatchNorm statistics randomised.
+
+    `config_overrides` go to `DetrConfig` (e.g. `attention_dropout=0.1` for training benchmarks).
 
     HF's FrozenBatchNorm copies the freshly initialised BatchNorm (identity: mean 0, var 1,
     weight 1, bias 0) until real weights load, which would leave BN untested; so every frozen
@@ -52,7 +56,7 @@ def build_hf_detr(spec: dict, seed: int = 0, position_embedding: str = "sine"):
     """
     torch.manual_seed(seed)
     rc = ResNetConfig(out_features=["stage4"], **spec["resnet"])
-    config = DetrConfig(
+    kwargs = dict(
         use_timm_backbone=False,
         use_pretrained_backbone=False,
         backbone_config=rc,
@@ -69,6 +73,7 @@ def build_hf_detr(spec: dict, seed: int = 0, position_embedding: str = "sine"):
         auxiliary_loss=False,  # True feeds layer-normed states to the next layer (not DETR)
         attn_implementation="eager",
     )
+    config = DetrConfig(**{**kwargs, **config_overrides})
     model = DetrForObjectDetection(config).eval()
     g = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():

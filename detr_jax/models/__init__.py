@@ -8,13 +8,18 @@ import jax.numpy as jnp
 
 from detr_jax.models.backbone import BACKBONE_CHOICES
 from detr_jax.models.detr import DETR
+from detr_jax.models.transformer import ATTENTION_CHOICES
 
 MODEL_CHOICES = ("detr",)
 _DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
 
 
 def build_model(config: Any) -> DETR:
-    """Builds the model named by `config.model.name` (with `config.model`, `config.num_classes`)."""
+    """Builds the model named by `config.model.name` (with `config.model`, `config.num_classes`).
+
+    Only attribute access is used, so any namespace with the fields works (no ml_collections
+    needed); fields added later (`attention_impl`, `remat_*`) default when absent.
+    """
     m = config.model
     if m.name not in MODEL_CHOICES:
         raise ValueError(f"model.name={m.name!r}; choose one of {MODEL_CHOICES}")
@@ -22,6 +27,11 @@ def build_model(config: Any) -> DETR:
         raise ValueError(f"model.backbone={m.backbone!r}; choose one of {BACKBONE_CHOICES}")
     if m.dtype not in _DTYPES:
         raise ValueError(f"model.dtype={m.dtype!r}; choose one of {tuple(_DTYPES)}")
+    attention_impl = getattr(m, "attention_impl", "xla")
+    if attention_impl not in ATTENTION_CHOICES:
+        raise ValueError(
+            f"model.attention_impl={attention_impl!r}; choose one of {ATTENTION_CHOICES}"
+        )
     return DETR(
         num_classes=config.num_classes,
         num_queries=m.num_queries,
@@ -46,4 +56,8 @@ def build_model(config: Any) -> DETR:
         feature_level=m.feature_level,
         num_query_groups=m.num_query_groups,
         dtype=_DTYPES[m.dtype],
+        attention_impl=attention_impl,
+        remat_backbone=bool(getattr(m, "remat_backbone", False)),
+        remat_encoder=bool(getattr(m, "remat_encoder", False)),
+        remat_decoder=bool(getattr(m, "remat_decoder", False)),
     )

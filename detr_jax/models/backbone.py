@@ -69,7 +69,10 @@ class ResidualBlock(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, mask_in: jax.Array, mask_out: jax.Array) -> jax.Array:
         def norm(name, c, zero=False):
-            return make_norm(self.norm, name=name, train=self.train, zero_init=zero, channels=c)
+            return make_norm(
+                self.norm, name=name, train=self.train, zero_init=zero, channels=c,
+                dtype=self.dtype,
+            )
 
         def apply_mask(y, m):
             return y * m.astype(y.dtype) if self.mask_features else y
@@ -125,6 +128,8 @@ class ResNet(nn.Module):
       mask_features: zero activations outside the real pixels (padding invariance).
       return_levels: which of "C2".."C5" (stride 4, 8, 16, 32, halved for the dilated level)
         to return. Stages deeper than the deepest level asked for are not built.
+      remat: rematerialise each residual block in the backward pass (`nn.remat`); the same
+        parameters and results, less activation memory.
     """
 
     depth: int = 50
@@ -136,6 +141,7 @@ class ResNet(nn.Module):
     mask_features: bool = True
     return_levels: Sequence[str] = ("C5",)
     dtype: Any = None
+    remat: bool = False
 
     @nn.compact
     def __call__(
@@ -157,7 +163,7 @@ class ResNet(nn.Module):
 
         x = _conv(self.width, 7, 2, name="conv1", dtype=self.dtype)(images.astype(self.dtype))
         m2 = m[:, ::2, ::2]
-        bn1 = make_norm(self.norm, name="bn1", train=train, channels=self.width)
+        bn1 = make_norm(self.norm, name="bn1", train=train, channels=self.width, dtype=self.dtype)
         x = apply_mask(nn.relu(bn1(x, m2)), m2)
         x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
         cur_mask = m2[:, ::2, ::2]
@@ -169,6 +175,7 @@ class ResNet(nn.Module):
         last_stage = max(LEVELS.index(level) for level in self.return_levels)
         out: dict[str, tuple[jax.Array, jax.Array]] = {}
         in_c = self.width
+        block_cls = nn.remat(ResidualBlock) if self.remat else ResidualBlock
         for stage, n_blocks in enumerate(blocks[: last_stage + 1]):
             planes = self.width * (2**stage)
             stride = 1 if stage == 0 else 2
@@ -179,7 +186,7 @@ class ResNet(nn.Module):
             for b in range(n_blocks):
                 s = stride if b == 0 else 1
                 mask_out = cur_mask[:, ::s, ::s] if s > 1 else cur_mask
-                x = ResidualBlock(
+                x = block_cls(
                     planes=planes,
                     kind=kind,
                     stride=s,

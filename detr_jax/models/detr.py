@@ -110,7 +110,11 @@ class DETR(nn.Module):
     query_init_std: float = 1.0
     dense_aux_head: bool = False
     num_query_groups: int = 1  # Group DETR: >1 adds training-only query groups
-    dtype: Any = None
+    dtype: Any = None  # compute dtype (bfloat16: bf16 matmuls/convs, float32 params and heads)
+    attention_impl: str = "xla"  # xla | dot_product | cudnn (models/transformer.py)
+    remat_backbone: bool = False
+    remat_encoder: bool = False
+    remat_decoder: bool = False
 
     @nn.compact
     def __call__(
@@ -147,6 +151,7 @@ class DETR(nn.Module):
             mask_features=self.mask_backbone_features,
             return_levels=(self.feature_level,),
             dtype=self.dtype,
+            remat=self.remat_backbone,
             name="backbone",
         )(images, pixel_mask, train=train)
         x, mask = feats[self.feature_level]
@@ -217,18 +222,24 @@ class DETR(nn.Module):
             drop_path=self.drop_path,
             pre_norm=self.pre_norm,
             dtype=self.dtype,
+            attention_impl=self.attention_impl,
+            remat_encoder=self.remat_encoder,
+            remat_decoder=self.remat_decoder,
             name="transformer",
         )(src, src_mask, pos, query_pos, self_attn_mask=self_attn_mask, train=train)
 
-        logits = _torch_dense(self.num_classes + 1, self.hidden_dim, "class_embed", self.dtype)(hs)
-        boxes = MLP(self.hidden_dim, 4, 3, self.hidden_dim, self.dtype, name="bbox_embed")(hs)
-        outputs = {
-            "pred_logits": logits.astype(jnp.float32),
-            "pred_boxes": jax.nn.sigmoid(boxes.astype(jnp.float32)),
-        }
+        # The heads run in float32 whatever `dtype` (they are a tiny share of the FLOPs, and
+        # box regression and the matching costs want the precision).
+        hs = hs.astype(jnp.float32)
+        f32 = jnp.float32
+        logits = _torch_dense(self.num_classes + 1, self.hidden_dim, "class_embed", f32)(hs)
+        boxes = MLP(self.hidden_dim, 4, 3, self.hidden_dim, f32, name="bbox_embed")(hs)
+        outputs = {"pred_logits": logits, "pred_boxes": jax.nn.sigmoid(boxes)}
         if self.dense_aux_head:
             # Per-position class logits on the backbone feature (see detr_jax/dense_loss.py).
-            dense = _torch_dense(self.num_classes + 1, c, "dense_class_head", self.dtype)(x)
+            dense = _torch_dense(self.num_classes + 1, c, "dense_class_head", f32)(
+                x.astype(f32)
+            )
             outputs["dense_logits"] = dense.astype(jnp.float32)
             outputs["dense_mask"] = mask
         return outputs

@@ -14,6 +14,7 @@ Each layer takes `x` float [B, H, W, C] (NHWC) and `mask` bool [B, H, W, 1] (Tru
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import flax.linen as nn
 import jax
@@ -50,6 +51,7 @@ def make_norm(
     num_groups: int = 32,
     channels: int | None = None,
     momentum: float = 0.9,
+    dtype: Any = None,
 ) -> Callable[[jax.Array, jax.Array | None], jax.Array]:
     """Builds the configured normalisation as a submodule named `name` (call inside compact).
 
@@ -61,6 +63,9 @@ def make_norm(
         residual block starts as the identity when training from scratch).
       num_groups: groups for "gn" (reduced to a divisor of `channels`).
       channels: channel count, needed for "gn".
+      dtype: computation (output) dtype of "bn" / "gn", e.g. bfloat16 (None: the input's).
+        Parameters stay float32 and the statistics are computed in float32 either way;
+        "frozen_bn" always returns the input's dtype.
 
     Returns:
       f(x [B,H,W,C], mask [B,H,W,1] bool or None) -> [B,H,W,C].
@@ -75,6 +80,7 @@ def make_norm(
             momentum=momentum,
             epsilon=1e-5,
             scale_init=scale_init,
+            dtype=dtype,
             name=name,
         )
         return lambda x, mask: bn(x, mask=mask)
@@ -85,6 +91,7 @@ def make_norm(
             num_groups=_largest_divisor_at_most(channels, num_groups),
             epsilon=1e-5,
             scale_init=scale_init,
+            dtype=dtype,
             name=name,
         )
         return lambda x, mask: gn(x, mask=None if mask is None else jnp.broadcast_to(mask, x.shape))

@@ -43,13 +43,37 @@ class DropPath(nn.Module):
         return drop_path(x, self.rate, False, self.make_rng("droppath"))
 
 
+ATTENTION_CHOICES = ("xla", "dot_product", "cudnn")
+
+
+def attention_weights(q: jax.Array, k: jax.Array, allowed: jax.Array | None) -> jax.Array:
+    """The explicit path's weights: q [B,Lq,H,c], k [B,Lk,H,c], allowed bool broadcastable to
+    [B,H,Lq,Lk] (True = attend) or None -> float32 [B,H,Lq,Lk]. Logits and softmax are float32
+    whatever the compute dtype; masked logits get -1e9 (a fully masked row stays finite)."""
+    logits = jnp.einsum("bqhc,bkhc->bhqk", q, k, preferred_element_type=jnp.float32)
+    logits = logits / jnp.sqrt(jnp.float32(q.shape[-1]))
+    if allowed is not None:
+        logits = jnp.where(allowed, logits, _NEG)
+    return jax.nn.softmax(logits, axis=-1)
+
+
 class MultiHeadAttention(nn.Module):
-    """Multi-head attention as torch.nn.MultiheadAttention (dropout on the attention weights)."""
+    """Multi-head attention as torch.nn.MultiheadAttention (dropout on the attention weights).
+
+    `impl` picks the attention core: "xla" (explicit einsums, float32 logits and softmax),
+    "dot_product" (`jax.nn.dot_product_attention`, its XLA path: float32 logits and softmax too)
+    or "cudnn" (the same function with implementation="cudnn": cuDNN fused flash attention, GPU
+    only, bfloat16/float16 inputs). The fused cores return no weights and have no dropout, so the
+    explicit path is used whenever attention dropout is active (training with dropout > 0) or the
+    `intermediates` collection is mutable (attention maps are asked for, see
+    detr_jax/inference.py). All three treat a fully masked row alike (uniform weights, finite).
+    """
 
     hidden_dim: int
     num_heads: int
     dropout: float = 0.0
     dtype: Any = None
+    impl: str = "xla"
 
     @nn.compact
     def __call__(
@@ -65,6 +89,9 @@ class MultiHeadAttention(nn.Module):
         d, h = self.hidden_dim, self.num_heads
         if d % h:
             raise ValueError(f"model.hidden_dim={d} must be divisible by model.nheads={h}")
+        if self.impl not in ATTENTION_CHOICES:
+            raise ValueError(f"model.attention_impl={self.impl!r}; choose one of "
+                             f"{ATTENTION_CHOICES}")
 
         def proj(name):
             return nn.Dense(d, kernel_init=_xavier, dtype=self.dtype, name=name)
@@ -73,21 +100,31 @@ class MultiHeadAttention(nn.Module):
         q = proj("q_proj")(query).reshape(b, lq, h, d // h)
         k = proj("k_proj")(key).reshape(b, lk, h, d // h)
         v = proj("v_proj")(value).reshape(b, lk, h, d // h)
-        logits = jnp.einsum("bqhc,bkhc->bhqk", q, k, preferred_element_type=jnp.float32)
-        logits = logits / jnp.sqrt(jnp.float32(d // h))
         allowed = None
         if key_mask is not None:
             allowed = key_mask[:, None, None, :]
         if attn_mask is not None:
             am = attn_mask[:, None, :, :]
             allowed = am if allowed is None else jnp.logical_and(allowed, am)
-        if allowed is not None:
-            logits = jnp.where(allowed, logits, _NEG)
-        weights = jax.nn.softmax(logits, axis=-1)
-        self.sow("intermediates", "attention_weights", weights.mean(axis=1))
-        weights = nn.Dropout(self.dropout)(weights, deterministic=deterministic)
-        out = jnp.einsum("bhqk,bkhc->bqhc", weights.astype(v.dtype), v).reshape(b, lq, d)
-        return nn.Dense(d, kernel_init=_xavier, dtype=self.dtype, name="out_proj")(out)
+        explicit = (
+            self.impl == "xla"
+            or (self.dropout > 0.0 and not deterministic)
+            or self.is_mutable_collection("intermediates")
+        )
+        if explicit:
+            weights = attention_weights(q, k, allowed)
+            self.sow("intermediates", "attention_weights", weights.mean(axis=1))
+            weights = nn.Dropout(self.dropout)(weights, deterministic=deterministic)
+            out = jnp.einsum("bhqk,bkhc->bqhc", weights.astype(v.dtype), v)
+        else:
+            if allowed is not None and self.impl == "cudnn":
+                allowed = jnp.broadcast_to(allowed, (allowed.shape[0], 1, lq, lk))
+            out = jax.nn.dot_product_attention(
+                q, k, v, mask=allowed, implementation="cudnn" if self.impl == "cudnn" else None
+            )
+        return nn.Dense(d, kernel_init=_xavier, dtype=self.dtype, name="out_proj")(
+            out.reshape(b, lq, d)
+        )
 
 
 class FeedForward(nn.Module):
@@ -113,10 +150,12 @@ class _LayerBase(nn.Module):
     drop_path: float = 0.0
     pre_norm: bool = False
     dtype: Any = None
+    attention_impl: str = "xla"
 
     def _attn(self, name):
         return MultiHeadAttention(
-            self.hidden_dim, self.num_heads, self.dropout, self.dtype, name=name
+            self.hidden_dim, self.num_heads, self.dropout, self.dtype, self.attention_impl,
+            name=name,
         )
 
     def _residual(self, x, y, norm, deterministic, name):
@@ -180,6 +219,9 @@ class Transformer(nn.Module):
     """Encoder over the flattened feature map, decoder over the object queries.
 
     DropPath rates rise linearly with depth from 0 to `drop_path` (encoder and decoder each).
+    `remat_encoder` / `remat_decoder` rematerialise each layer in the backward pass
+    (`nn.remat`: activations inside a layer are recomputed instead of stored); parameter names
+    and results are unchanged.
     """
 
     hidden_dim: int = 256
@@ -191,6 +233,9 @@ class Transformer(nn.Module):
     drop_path: float = 0.0
     pre_norm: bool = False
     dtype: Any = None
+    attention_impl: str = "xla"
+    remat_encoder: bool = False
+    remat_decoder: bool = False
 
     @nn.compact
     def __call__(
@@ -224,17 +269,24 @@ class Transformer(nn.Module):
             dropout=self.dropout,
             pre_norm=self.pre_norm,
             dtype=self.dtype,
+            attention_impl=self.attention_impl,
         )
+        # `deterministic` is a Python bool: static for nn.remat (argnum 0 is the module).
+        enc_cls, dec_cls = EncoderLayer, DecoderLayer
+        if self.remat_encoder:
+            enc_cls = nn.remat(EncoderLayer, static_argnums=(4,))
+        if self.remat_decoder:
+            dec_cls = nn.remat(DecoderLayer, static_argnums=(7,))
 
         def rate(i, n):
             return self.drop_path * i / max(n - 1, 1)
 
         x = src
         for i in range(self.num_encoder_layers):
-            layer = EncoderLayer(
+            layer = enc_cls(
                 drop_path=rate(i, self.num_encoder_layers), name=f"encoder_layers_{i}", **kw
             )
-            x = layer(x, src_mask, pos, deterministic=det)
+            x = layer(x, src_mask, pos, det)
         if self.pre_norm:
             x = nn.LayerNorm(epsilon=1e-5, dtype=self.dtype, name="encoder_norm")(x)
         memory = x
@@ -243,9 +295,9 @@ class Transformer(nn.Module):
         dec_norm = nn.LayerNorm(epsilon=1e-5, dtype=self.dtype, name="decoder_norm")
         hs = []
         for i in range(self.num_decoder_layers):
-            layer = DecoderLayer(
+            layer = dec_cls(
                 drop_path=rate(i, self.num_decoder_layers), name=f"decoder_layers_{i}", **kw
             )
-            y = layer(y, memory, src_mask, pos, query_pos, self_attn_mask, deterministic=det)
+            y = layer(y, memory, src_mask, pos, query_pos, self_attn_mask, det)
             hs.append(dec_norm(y))
         return jnp.stack(hs), memory

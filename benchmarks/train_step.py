@@ -1,0 +1,344 @@
+"""detr_jax vs Hugging Face `DetrForObjectDetection` (PyTorch eager) on this machine's CPU.
+
+    python benchmarks/train_step.py --config=small [--repeats 5] [--override model.x=y ...]
+        [--xla-flags="--xla_cpu_..."] [--hf-attn sdpa|eager]
+
+Both models get the same architecture and the same (random) weights: the HF model is built by
+tests/hf_reference.py and converted with detr_jax.convert. Both train like DETR: backbone stem and
+layer1 frozen (HF's own freeze filter would freeze its whole native ResNet, so its backbone is
+unfrozen and then stem + stage 1 frozen by hand), FrozenBatchNorm everywhere, dropout 0.1 on
+attention weights, FFN activations and residuals, auxiliary losses on every decoder layer, the
+Hungarian matcher in scipy on the host, AdamW (backbone lr x 0.1) after global-norm clipping at
+0.1. One fixed synthetic batch (random images, 8 random boxes per image) is reused.
+
+Measurements are interleaved (JAX block, HF block, JAX block, ...) so that both see the same
+machine load; the table reports medians over `--repeats` blocks of `--steps` steps:
+- train steps/s (the full step: forward, loss with matching, backward, optimiser),
+- inference images/s (eval forward of the batch, every decoder layer's heads),
+- peak memory: the RSS rise during one train step (sampled every ~1 ms, both frameworks) and, for
+  JAX, XLA's `compiled.memory_analysis()` (arguments + outputs + temporaries - aliased),
+- compile time (JAX lower + compile of the train step) and the first eager step (HF).
+Set XLA flags with `--xla-flags`: they must be in the environment before jax is imported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import threading
+import time
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+sys.path.insert(0, os.path.join(ROOT, "tests"))
+
+CONFIGS = {
+    # ResNet-18 (basic blocks, width 64), 3+3 layers of d=128: a shapes-sized detector.
+    "small": dict(
+        spec=dict(
+            resnet=dict(
+                embedding_size=64,
+                hidden_sizes=[64, 128, 256, 512],
+                depths=[2, 2, 2, 2],
+                layer_type="basic",
+            ),
+            d_model=128,
+            encoder_layers=3,
+            decoder_layers=3,
+            heads=8,
+            ffn=512,
+            num_queries=50,
+            num_labels=20,
+        ),
+        image=(128, 128),
+        batch=16,
+    ),
+    # DETR-R50 as in the paper (6+6 layers, d=256, 100 queries, 91 classes) at a CPU-sized image.
+    "r50": dict(spec="R50", image=(384, 384), batch=2),
+}
+NUM_BOXES = 8
+
+
+class PeakRSS:
+    """Samples this process's resident set size in a thread; `peak - base` in bytes."""
+
+    def __init__(self, interval: float = 0.001):
+        self.interval = interval
+        self.page = os.sysconf("SC_PAGE_SIZE")
+
+    def _rss(self) -> int:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * self.page
+
+    def __enter__(self):
+        self.base = self.peak = self._rss()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def _run(self):
+        while not self._stop.is_set():
+            self.peak = max(self.peak, self._rss())
+            time.sleep(self.interval)
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self._rss())
+
+    @property
+    def delta(self) -> int:
+        return self.peak - self.base
+
+
+def synthetic_batch(batch: int, image: tuple[int, int], num_labels: int, seed: int = 0):
+    """NHWC float32 images [B,H,W,3], all-real pixel_mask [B,H,W], labels [B,G], boxes [B,G,4]."""
+    import numpy as np
+
+    rng = np.random.default_rng(seed)
+    h, w = image
+    images = rng.normal(size=(batch, h, w, 3)).astype(np.float32)
+    mask = np.ones((batch, h, w), bool)
+    labels = rng.integers(0, num_labels, (batch, NUM_BOXES)).astype(np.int32)
+    centre = rng.uniform(0.25, 0.75, (batch, NUM_BOXES, 2))
+    size = rng.uniform(0.05, 0.4, (batch, NUM_BOXES, 2))
+    boxes = np.concatenate([centre, size], -1).astype(np.float32)
+    return images, mask, labels, boxes
+
+
+class JaxSide:
+    """detr_jax: the real train step of detr_jax.train (jitted, state donated)."""
+
+    def __init__(self, hf_model, spec, args, data):
+        import flax
+        import hf_reference as ref
+        import jax
+        import numpy as np
+
+        from detr_jax import train
+        from detr_jax.config_base import apply_override
+        from detr_jax.convert import convert_state_dict
+        from detr_jax.convert.checkpoint import config_for
+        from detr_jax.models import build_model
+
+        self.jax = jax
+        images, mask, labels, boxes = data
+        params, fields = convert_state_dict(ref.state_dict_numpy(hf_model), "hf")
+        config = config_for(
+            fields,
+            nheads=spec["heads"],
+            mask_backbone_features=False,  # as HF: the mask is only resized for attention
+            dropout=0.1,
+            backbone_frozen_stages=2,
+        )
+        config.batch_size = images.shape[0]
+        config.image_buckets = [images.shape[1:3]]
+        config.max_boxes = NUM_BOXES
+        config.matcher.name = "hungarian_scipy"
+        config.loss.aux_loss = True
+        for text in args.override:
+            apply_override(config, text)
+        self.config = config
+        model = build_model(config)
+        rng = jax.random.PRNGKey(0)
+        tx, schedule = train.make_optimizer_for(config, model, rng)
+        state = train.create_train_state(config, model, tx, rng)
+        params = jax.tree.map(
+            np.asarray, flax.traverse_util.unflatten_dict(params, sep="/")
+        )
+        state = state.replace(params=params, opt_state=tx.init(params))
+        mesh = train.make_mesh()
+        p_train, _, state_sharding, data_sharding = train.make_steps(
+            config, model, tx, schedule, mesh, state
+        )
+        self.state = jax.device_put(state, state_sharding)
+        host = {
+            "image": images,
+            "pixel_mask": mask,
+            "labels": labels,
+            "boxes": boxes,
+            "box_valid": np.ones(labels.shape, bool),
+            "image_valid": np.ones(labels.shape[:1], bool),
+        }
+        self.batch = train.to_global(host, data_sharding)
+        t = time.perf_counter()
+        self.step = p_train.lower(self.state, self.batch).compile()
+        self.compile_s = time.perf_counter() - t
+        mem = self.step.memory_analysis()
+        self.xla_bytes = (
+            mem.argument_size_in_bytes
+            + mem.output_size_in_bytes
+            + mem.temp_size_in_bytes
+            - mem.alias_size_in_bytes
+        ) if mem is not None else float("nan")
+        self.xla_temp_bytes = mem.temp_size_in_bytes if mem is not None else float("nan")
+        self.infer = jax.jit(lambda p, x, m: model.apply({"params": p}, x, m))
+        self.images, self.mask = self.batch["image"], self.batch["pixel_mask"]
+        jax.block_until_ready(self.infer(self.state.params, self.images, self.mask))
+        with PeakRSS() as peak:
+            self.train(1)
+        self.rss_bytes = peak.delta
+
+    def train(self, steps: int) -> float:
+        t = time.perf_counter()
+        for _ in range(steps):
+            self.state, metrics = self.step(self.state, self.batch)
+        self.loss = float(metrics["loss"])
+        return (time.perf_counter() - t) / steps
+
+    def inference(self, steps: int) -> float:
+        t = time.perf_counter()
+        for _ in range(steps):
+            out = self.infer(self.state.params, self.images, self.mask)
+        self.jax.block_until_ready(out)
+        return (time.perf_counter() - t) / steps
+
+
+class TorchSide:
+    """HF DetrForObjectDetection in PyTorch eager, trained with its own loss and matcher."""
+
+    def __init__(self, hf_model, data, backbone_lr_mult: float = 0.1):
+        import torch
+
+        self.torch = torch
+        images, mask, labels, boxes = data
+        self.model = hf_model.train()
+        backbone = self.model.model.backbone.model  # DetrConvEncoder.model: HF ResNetBackbone
+        backbone.requires_grad_(True)  # HF's name filter froze all of its native ResNet
+        for module in (backbone.embedder, backbone.encoder.stages[0]):  # = frozen_stages 2
+            module.requires_grad_(False)
+        named = [(n, p) for n, p in self.model.named_parameters() if p.requires_grad]
+        groups = [
+            {"params": [p for n, p in named if not n.startswith("model.backbone.")]},
+            {"params": [p for n, p in named if n.startswith("model.backbone.")],
+             "lr": 1e-4 * backbone_lr_mult},
+        ]
+        self.params = [p for _, p in named]
+        self.opt = torch.optim.AdamW(groups, lr=1e-4, weight_decay=1e-4)
+        self.pixels = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
+        self.mask = torch.from_numpy(mask).long()
+        self.labels = [
+            {"class_labels": torch.from_numpy(labels[i]).long(),
+             "boxes": torch.from_numpy(boxes[i])}
+            for i in range(labels.shape[0])
+        ]
+        t = time.perf_counter()
+        self.train(1)
+        self.first_step_s = time.perf_counter() - t
+        with PeakRSS() as peak:
+            self.train(1)
+        self.rss_bytes = peak.delta
+
+    def train(self, steps: int) -> float:
+        self.model.train()
+        t = time.perf_counter()
+        for _ in range(steps):
+            out = self.model(pixel_values=self.pixels, pixel_mask=self.mask, labels=self.labels)
+            self.opt.zero_grad(set_to_none=True)
+            out.loss.backward()
+            self.torch.nn.utils.clip_grad_norm_(self.params, 0.1)
+            self.opt.step()
+        self.loss = float(out.loss)
+        return (time.perf_counter() - t) / steps
+
+    def inference(self, steps: int) -> float:
+        self.model.eval()
+        t = time.perf_counter()
+        with self.torch.inference_mode():
+            for _ in range(steps):
+                self.model(pixel_values=self.pixels, pixel_mask=self.mask)
+        return (time.perf_counter() - t) / steps
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--config", choices=tuple(CONFIGS), default="small")
+    parser.add_argument("--repeats", type=int, default=5, help="interleaved blocks per side")
+    parser.add_argument("--steps", type=int, default=0, help="steps per block (0: by config)")
+    parser.add_argument("--override", action="append", default=[], help="detr_jax field=value")
+    parser.add_argument("--xla-flags", default="", help="appended to XLA_FLAGS")
+    parser.add_argument("--hf-attn", default="sdpa", choices=("sdpa", "eager"))
+    parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
+    parser.add_argument("--skip-hf", action="store_true")
+    parser.add_argument("--json", default="", help="append the results as one JSON line here")
+    args = parser.parse_args()
+    if args.xla_flags:
+        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + args.xla_flags).strip()
+    os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+    import hf_reference as ref
+    import torch
+
+    torch.set_num_threads(args.threads)
+    cfg = CONFIGS[args.config]
+    spec = ref.R50 if cfg["spec"] == "R50" else cfg["spec"]
+    steps = args.steps or (3 if args.config == "small" else 2)
+    hf_model = ref.build_hf_detr(
+        spec,
+        attention_dropout=0.1,
+        activation_dropout=0.1,
+        dropout=0.1,
+    )
+    # DETR's attention modules read this at call time; set after construction because an
+    # "sdpa" request at construction is refused by HF's ResNet backbone (it has no attention).
+    hf_model.config._attn_implementation = args.hf_attn
+    hf_model.config.auxiliary_loss = True
+    data = synthetic_batch(cfg["batch"], cfg["image"], spec["num_labels"])
+
+    jx = JaxSide(hf_model, spec, args, data)
+    th = None if args.skip_hf else TorchSide(hf_model, data)
+    sides = {"detr_jax": jx} if th is None else {"detr_jax": jx, "hf_torch": th}
+    times = {name: {"train": [], "infer": []} for name in sides}
+    for r in range(args.repeats):
+        order = list(sides.items()) if r % 2 == 0 else list(sides.items())[::-1]
+        for name, side in order:
+            times[name]["train"].append(side.train(steps))
+            times[name]["infer"].append(side.inference(steps))
+
+    rows = {}
+    for name, side in sides.items():
+        train_s = statistics.median(times[name]["train"])
+        infer_s = statistics.median(times[name]["infer"])
+        rows[name] = dict(
+            train_steps_s=1 / train_s,
+            train_ms=1e3 * train_s,
+            infer_images_s=cfg["batch"] / infer_s,
+            rss_mib=side.rss_bytes / 2**20,
+            loss=side.loss,
+        )
+    rows["detr_jax"].update(
+        compile_s=jx.compile_s, xla_mib=jx.xla_bytes / 2**20, xla_temp_mib=jx.xla_temp_bytes / 2**20
+    )
+    if th is not None:
+        rows["hf_torch"].update(first_step_s=th.first_step_s)
+    h, w = cfg["image"]
+    print(f"config {args.config}: {h}x{w} px, batch {cfg['batch']}, {args.repeats} interleaved "
+          f"blocks of {steps} steps, torch threads {args.threads}, HF attention {args.hf_attn}")
+    print(f"overrides {args.override}  XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
+    print(f"{'impl':10s} {'train steps/s':>13s} {'ms/step':>8s} {'infer img/s':>11s} "
+          f"{'peak RSS MiB':>12s} {'XLA MiB':>8s} {'compile s':>9s}")
+    for name, row in rows.items():
+        xla = f"{row['xla_mib']:8.0f}" if "xla_mib" in row else f"{'-':>8s}"
+        comp = row.get("compile_s", row.get("first_step_s", float("nan")))
+        print(f"{name:10s} {row['train_steps_s']:13.3f} {row['train_ms']:8.1f} "
+              f"{row['infer_images_s']:11.1f} {row['rss_mib']:12.0f} {xla} {comp:9.1f}")
+    if th is not None:
+        ratio = rows["detr_jax"]["train_steps_s"] / rows["hf_torch"]["train_steps_s"]
+        infer_ratio = rows["detr_jax"]["infer_images_s"] / rows["hf_torch"]["infer_images_s"]
+        print(f"detr_jax / HF: train {ratio:.2f}x, inference {infer_ratio:.2f}x "
+              f"(per-block train ms: jax {[round(1e3 * t) for t in times['detr_jax']['train']]}, "
+              f"hf {[round(1e3 * t) for t in times['hf_torch']['train']]})")
+        rows["train_ratio"], rows["infer_ratio"] = ratio, infer_ratio
+    if args.json:
+        record = dict(config=args.config, overrides=args.override,
+                      xla_flags=os.environ.get("XLA_FLAGS", ""), hf_attn=args.hf_attn, **rows)
+        with open(args.json, "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+
+if __name__ == "__main__":
+    main()
