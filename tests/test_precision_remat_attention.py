@@ -101,12 +101,16 @@ def test_bfloat16_train_step_has_finite_loss_and_float32_state(ref):
 
 
 def _assert_same_loss_and_grads(ref, config, rtol=1e-4, atol=1e-5):
+    """Loss to 1e-6 relative; each gradient leaf to rtol plus an atol scaled by the leaf's largest
+    entry (float32 sums taken in another order differ by ~1e-7 of the summed magnitude)."""
     _, batch, variables, _, loss, grads = ref
     loss_v, grads_v = _loss_and_grads(config, variables, batch)
     assert abs(float(loss) - float(loss_v)) <= 1e-6 * max(1.0, abs(float(loss)))
     assert jax.tree.structure(grads) == jax.tree.structure(grads_v)
     for a, b in zip(jax.tree.leaves(grads), jax.tree.leaves(grads_v), strict=True):
-        np.testing.assert_allclose(np.asarray(a), np.asarray(b), rtol=rtol, atol=atol)
+        a = np.asarray(a)
+        scaled_atol = atol * max(1.0, float(np.abs(a).max()) / 10.0)
+        np.testing.assert_allclose(a, np.asarray(b), rtol=rtol, atol=scaled_atol)
 
 
 def test_remat_gives_the_same_loss_and_gradients(ref):
