@@ -7,6 +7,7 @@ from typing import Any
 import jax.numpy as jnp
 
 from detr_jax.models.backbone import BACKBONE_CHOICES
+from detr_jax.models.conv import WEIGHT_GRAD_CHOICES
 from detr_jax.models.detr import DETR
 from detr_jax.models.transformer import ATTENTION_CHOICES
 
@@ -18,7 +19,8 @@ def build_model(config: Any) -> DETR:
     """Builds the model named by `config.model.name` (with `config.model`, `config.num_classes`).
 
     Only attribute access is used, so any namespace with the fields works (no ml_collections
-    needed); fields added later (`attention_impl`, `remat_*`) default when absent.
+    needed); fields added later (`attention_impl`, `remat_*`, `conv_weight_grad`,
+    `fold_frozen_bn`) default when absent.
     """
     m = config.model
     if m.name not in MODEL_CHOICES:
@@ -27,6 +29,10 @@ def build_model(config: Any) -> DETR:
         raise ValueError(f"model.backbone={m.backbone!r}; choose one of {BACKBONE_CHOICES}")
     if m.dtype not in _DTYPES:
         raise ValueError(f"model.dtype={m.dtype!r}; choose one of {tuple(_DTYPES)}")
+    if getattr(m, "conv_weight_grad", "xla") not in WEIGHT_GRAD_CHOICES:
+        raise ValueError(
+            f"model.conv_weight_grad={m.conv_weight_grad!r}; choose one of {WEIGHT_GRAD_CHOICES}"
+        )
     attention_impl = getattr(m, "attention_impl", "xla")
     if attention_impl not in ATTENTION_CHOICES:
         raise ValueError(
@@ -60,4 +66,6 @@ def build_model(config: Any) -> DETR:
         remat_backbone=bool(getattr(m, "remat_backbone", False)),
         remat_encoder=bool(getattr(m, "remat_encoder", False)),
         remat_decoder=bool(getattr(m, "remat_decoder", False)),
+        conv_weight_grad=getattr(m, "conv_weight_grad", "xla"),
+        fold_frozen_bn=bool(getattr(m, "fold_frozen_bn", False)),
     )

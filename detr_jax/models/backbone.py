@@ -20,7 +20,8 @@ from typing import Any
 import flax.linen as nn
 import jax
 
-from detr_jax.models.norms import NORM_CHOICES, make_norm
+from detr_jax.models.conv import Conv2d
+from detr_jax.models.norms import NORM_CHOICES, FrozenBatchNorm, make_norm
 
 # depth -> (block kind, blocks per stage)
 RESNET_SPECS: dict[int, tuple[str, tuple[int, int, int, int]]] = {
@@ -34,19 +35,41 @@ BACKBONE_CHOICES = tuple(f"resnet{d}" for d in RESNET_SPECS)
 _conv_init = nn.initializers.variance_scaling(2.0, "fan_out", "normal")  # torchvision's kaiming
 
 
-def _conv(features: int, k: int, stride: int = 1, dilation: int = 1, name: str = "", dtype=None):
-    pad = dilation * (k // 2)
-    return nn.Conv(
-        features,
-        (k, k),
-        strides=(stride, stride),
-        padding=((pad, pad), (pad, pad)),
-        kernel_dilation=(dilation, dilation),
-        use_bias=False,
-        kernel_init=_conv_init,
-        dtype=dtype,
-        name=name,
+def conv_norm(
+    x: jax.Array,
+    mask: jax.Array | None,
+    *,
+    features: int,
+    k: int,
+    conv_name: str,
+    norm_name: str,
+    norm: str,
+    stride: int = 1,
+    dilation: int = 1,
+    padding: int | None = None,
+    train: bool = False,
+    zero_init: bool = False,
+    dtype: Any = None,
+    weight_grad: str = "xla",
+    fold_bn: bool = False,
+) -> jax.Array:
+    """conv (`conv_name/kernel`) then norm (`norm_name/...`), inside the caller's compact scope.
+
+    x [B,H,W,Cin] -> [B,Ho,Wo,features]; mask [B,Ho,Wo,1] for the masked norms. With `fold_bn`
+    and a FrozenBatchNorm the affine map is folded into the convolution (same parameters).
+    """
+    conv = Conv2d(
+        features, k, stride, dilation, padding, kernel_init=_conv_init, dtype=dtype,
+        weight_grad=weight_grad, name=conv_name,
     )
+    if fold_bn and norm == "frozen_bn":
+        scale_init = nn.initializers.zeros if zero_init else nn.initializers.ones
+        scale, shift = FrozenBatchNorm(scale_init=scale_init, name=norm_name).affine(features)
+        return conv(x, scale, shift)
+    norm_fn = make_norm(
+        norm, name=norm_name, train=train, zero_init=zero_init, channels=features, dtype=dtype
+    )
+    return norm_fn(conv(x), mask)
 
 
 class ResidualBlock(nn.Module):
@@ -65,46 +88,36 @@ class ResidualBlock(nn.Module):
     zero_init_residual: bool = False
     mask_features: bool = True
     dtype: Any = None
+    conv_weight_grad: str = "xla"
+    fold_bn: bool = False
 
     @nn.compact
     def __call__(self, x: jax.Array, mask_in: jax.Array, mask_out: jax.Array) -> jax.Array:
-        def norm(name, c, zero=False):
-            return make_norm(
-                self.norm, name=name, train=self.train, zero_init=zero, channels=c,
-                dtype=self.dtype,
+        def cn(y, i, c, k, mask, stride=1, dilation=1, zero=False, conv=None, bn=None, pad=None):
+            return conv_norm(
+                y, mask, features=c, k=k, conv_name=conv or f"conv{i}", norm_name=bn or f"bn{i}",
+                norm=self.norm, stride=stride, dilation=dilation, padding=pad, train=self.train,
+                zero_init=zero, dtype=self.dtype, weight_grad=self.conv_weight_grad,
+                fold_bn=self.fold_bn,
             )
 
         def apply_mask(y, m):
             return y * m.astype(y.dtype) if self.mask_features else y
 
-        zero = self.zero_init_residual
+        zero, s, d = self.zero_init_residual, self.stride, self.dilation
         if self.kind == "basic":
             out_c = self.planes
-            y = _conv(self.planes, 3, self.stride, self.dilation, "conv1", self.dtype)(x)
-            y = apply_mask(nn.relu(norm("bn1", self.planes)(y, mask_out)), mask_out)
-            y = _conv(self.planes, 3, 1, self.dilation, "conv2", self.dtype)(y)
-            y = norm("bn2", self.planes, zero)(y, mask_out)
+            y = apply_mask(nn.relu(cn(x, 1, self.planes, 3, mask_out, s, d)), mask_out)
+            y = cn(y, 2, self.planes, 3, mask_out, 1, d, zero)
         else:
             out_c = self.planes * 4
-            y = _conv(self.planes, 1, name="conv1", dtype=self.dtype)(x)
-            y = apply_mask(nn.relu(norm("bn1", self.planes)(y, mask_in)), mask_in)
-            y = _conv(self.planes, 3, self.stride, self.dilation, "conv2", self.dtype)(y)
-            y = apply_mask(nn.relu(norm("bn2", self.planes)(y, mask_out)), mask_out)
-            y = _conv(out_c, 1, name="conv3", dtype=self.dtype)(y)
-            y = norm("bn3", out_c, zero)(y, mask_out)
+            y = apply_mask(nn.relu(cn(x, 1, self.planes, 1, mask_in)), mask_in)
+            y = apply_mask(nn.relu(cn(y, 2, self.planes, 3, mask_out, s, d)), mask_out)
+            y = cn(y, 3, out_c, 1, mask_out, zero=zero)
         identity = x
         if self.downsample:
-            identity = nn.Conv(
-                out_c,
-                (1, 1),
-                strides=(self.stride, self.stride),
-                padding="VALID",
-                use_bias=False,
-                kernel_init=_conv_init,
-                dtype=self.dtype,
-                name="downsample_0",
-            )(x)
-            identity = norm("downsample_1", out_c)(identity, mask_out)
+            identity = cn(x, 0, out_c, 1, mask_out, s, conv="downsample_0", bn="downsample_1",
+                          pad=0)
         return apply_mask(nn.relu(y + identity), mask_out)
 
 
@@ -130,6 +143,9 @@ class ResNet(nn.Module):
         to return. Stages deeper than the deepest level asked for are not built.
       remat: rematerialise each residual block in the backward pass (`nn.remat`); the same
         parameters and results, less activation memory.
+      conv_weight_grad: "xla" or "gemm" (residual blocks' kernel gradients as GEMMs, faster on
+        XLA:CPU; see detr_jax/models/conv.py).
+      fold_bn: fold FrozenBatchNorm into the preceding convolution (same parameters).
     """
 
     depth: int = 50
@@ -142,6 +158,8 @@ class ResNet(nn.Module):
     return_levels: Sequence[str] = ("C5",)
     dtype: Any = None
     remat: bool = False
+    conv_weight_grad: str = "xla"
+    fold_bn: bool = False
 
     @nn.compact
     def __call__(
@@ -161,10 +179,13 @@ class ResNet(nn.Module):
         def maybe_freeze(y, stage):
             return jax.lax.stop_gradient(y) if self.frozen_stages >= stage else y
 
-        x = _conv(self.width, 7, 2, name="conv1", dtype=self.dtype)(images.astype(self.dtype))
         m2 = m[:, ::2, ::2]
-        bn1 = make_norm(self.norm, name="bn1", train=train, channels=self.width, dtype=self.dtype)
-        x = apply_mask(nn.relu(bn1(x, m2)), m2)
+        # The stem keeps XLA's kernel gradient: 49 taps of 3 input channels make poor GEMMs.
+        x = conv_norm(
+            images, m2, features=self.width, k=7, conv_name="conv1", norm_name="bn1",
+            norm=self.norm, stride=2, train=train, dtype=self.dtype, fold_bn=self.fold_bn,
+        )
+        x = apply_mask(nn.relu(x), m2)
         x = nn.max_pool(x, (3, 3), strides=(2, 2), padding=((1, 1), (1, 1)))
         cur_mask = m2[:, ::2, ::2]
         x = maybe_freeze(apply_mask(x, cur_mask), 1)
@@ -198,6 +219,8 @@ class ResNet(nn.Module):
                     zero_init_residual=self.zero_init_residual,
                     mask_features=self.mask_features,
                     dtype=self.dtype,
+                    conv_weight_grad=self.conv_weight_grad,
+                    fold_bn=self.fold_bn,
                     name=f"layer{stage + 1}_{b}",
                 )(x, cur_mask, mask_out)
                 cur_mask = mask_out

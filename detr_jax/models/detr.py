@@ -115,6 +115,8 @@ class DETR(nn.Module):
     remat_backbone: bool = False
     remat_encoder: bool = False
     remat_decoder: bool = False
+    conv_weight_grad: str = "xla"  # xla | gemm (models/conv.py; gemm is faster on XLA:CPU)
+    fold_frozen_bn: bool = False
 
     @nn.compact
     def __call__(
@@ -152,6 +154,8 @@ class DETR(nn.Module):
             return_levels=(self.feature_level,),
             dtype=self.dtype,
             remat=self.remat_backbone,
+            conv_weight_grad=self.conv_weight_grad,
+            fold_bn=self.fold_frozen_bn,
             name="backbone",
         )(images, pixel_mask, train=train)
         x, mask = feats[self.feature_level]

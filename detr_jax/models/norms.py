@@ -30,15 +30,19 @@ class FrozenBatchNorm(nn.Module):
     scale_init: nn.initializers.Initializer = nn.initializers.ones
 
     @nn.compact
-    def __call__(self, x: jax.Array, mask: jax.Array | None = None) -> jax.Array:
-        del mask  # Per-channel affine map: padding does not leak into real pixels.
-        c = x.shape[-1]
+    def affine(self, channels: int) -> tuple[jax.Array, jax.Array]:
+        """(scale, shift) float32 [channels]: the map is x * scale + shift (no gradient)."""
+        c = channels
         weight = jax.lax.stop_gradient(self.param("weight", self.scale_init, (c,)))
         bias = jax.lax.stop_gradient(self.param("bias", nn.initializers.zeros, (c,)))
         mean = jax.lax.stop_gradient(self.param("running_mean", nn.initializers.zeros, (c,)))
         var = jax.lax.stop_gradient(self.param("running_var", nn.initializers.ones, (c,)))
         scale = weight * jax.lax.rsqrt(var + self.epsilon)
-        shift = bias - mean * scale
+        return scale, bias - mean * scale
+
+    def __call__(self, x: jax.Array, mask: jax.Array | None = None) -> jax.Array:
+        del mask  # Per-channel affine map: padding does not leak into real pixels.
+        scale, shift = self.affine(x.shape[-1])
         return x * scale.astype(x.dtype) + shift.astype(x.dtype)
 
 
