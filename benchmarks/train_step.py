@@ -183,19 +183,19 @@ class JaxSide:
             self.train(1)
         self.rss_bytes = peak.delta
 
-    def train(self, steps: int) -> float:
-        t = time.perf_counter()
+    def train(self, steps: int) -> tuple[float, float]:
+        t, c = time.perf_counter(), time.process_time()
         for _ in range(steps):
             self.state, metrics = self.step(self.state, self.batch)
         self.loss = float(metrics["loss"])
-        return (time.perf_counter() - t) / steps
+        return (time.perf_counter() - t) / steps, (time.process_time() - c) / steps
 
-    def inference(self, steps: int) -> float:
-        t = time.perf_counter()
+    def inference(self, steps: int) -> tuple[float, float]:
+        t, c = time.perf_counter(), time.process_time()
         for _ in range(steps):
             out = self.infer(self.state.params, self.images, self.mask)
         self.jax.block_until_ready(out)
-        return (time.perf_counter() - t) / steps
+        return (time.perf_counter() - t) / steps, (time.process_time() - c) / steps
 
 
 class TorchSide:
@@ -233,25 +233,25 @@ class TorchSide:
             self.train(1)
         self.rss_bytes = peak.delta
 
-    def train(self, steps: int) -> float:
+    def train(self, steps: int) -> tuple[float, float]:
         self.model.train()
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         for _ in range(steps):
             out = self.model(pixel_values=self.pixels, pixel_mask=self.mask, labels=self.labels)
             self.opt.zero_grad(set_to_none=True)
             out.loss.backward()
             self.torch.nn.utils.clip_grad_norm_(self.params, 0.1)
             self.opt.step()
-        self.loss = float(out.loss)
-        return (time.perf_counter() - t) / steps
+        self.loss = float(out.loss.detach())
+        return (time.perf_counter() - t) / steps, (time.process_time() - c) / steps
 
-    def inference(self, steps: int) -> float:
+    def inference(self, steps: int) -> tuple[float, float]:
         self.model.eval()
-        t = time.perf_counter()
+        t, c = time.perf_counter(), time.process_time()
         with self.torch.inference_mode():
             for _ in range(steps):
                 self.model(pixel_values=self.pixels, pixel_mask=self.mask)
-        return (time.perf_counter() - t) / steps
+        return (time.perf_counter() - t) / steps, (time.process_time() - c) / steps
 
 
 def main() -> None:
@@ -263,12 +263,16 @@ def main() -> None:
     parser.add_argument("--xla-flags", default="", help="appended to XLA_FLAGS")
     parser.add_argument("--hf-attn", default="sdpa", choices=("sdpa", "eager"))
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
+    parser.add_argument("--omp-wait", default="", help="OMP_WAIT_POLICY for torch (PASSIVE: "
+                        "no spinning, much faster on a shared CPU)")
     parser.add_argument("--skip-hf", action="store_true")
     parser.add_argument("--json", default="", help="append the results as one JSON line here")
     args = parser.parse_args()
     if args.xla_flags:
         os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + args.xla_flags).strip()
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    if args.omp_wait:
+        os.environ["OMP_WAIT_POLICY"] = args.omp_wait  # read when torch starts OpenMP
 
     import hf_reference as ref
     import torch
@@ -301,11 +305,14 @@ def main() -> None:
 
     rows = {}
     for name, side in sides.items():
-        train_s = statistics.median(times[name]["train"])
-        infer_s = statistics.median(times[name]["infer"])
+        train_s = statistics.median(t for t, _ in times[name]["train"])
+        infer_s = statistics.median(t for t, _ in times[name]["infer"])
         rows[name] = dict(
             train_steps_s=1 / train_s,
             train_ms=1e3 * train_s,
+            train_cpu_ms=1e3 * statistics.median(c for _, c in times[name]["train"]),
+            infer_cpu_ms_per_image=1e3 * statistics.median(c for _, c in times[name]["infer"])
+            / cfg["batch"],
             infer_images_s=cfg["batch"] / infer_s,
             rss_mib=side.rss_bytes / 2**20,
             loss=side.loss,
@@ -317,24 +324,30 @@ def main() -> None:
         rows["hf_torch"].update(first_step_s=th.first_step_s)
     h, w = cfg["image"]
     print(f"config {args.config}: {h}x{w} px, batch {cfg['batch']}, {args.repeats} interleaved "
-          f"blocks of {steps} steps, torch threads {args.threads}, HF attention {args.hf_attn}")
+          f"blocks of {steps} steps, torch threads {args.threads}, HF attention {args.hf_attn}, "
+          f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '')!r}, load average "
+          f"{os.getloadavg()[0]:.1f}")
     print(f"overrides {args.override}  XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
-    print(f"{'impl':10s} {'train steps/s':>13s} {'ms/step':>8s} {'infer img/s':>11s} "
-          f"{'peak RSS MiB':>12s} {'XLA MiB':>8s} {'compile s':>9s}")
+    print(f"{'impl':10s} {'train steps/s':>13s} {'ms/step':>8s} {'CPU ms/step':>11s} "
+          f"{'infer img/s':>11s} {'peak RSS MiB':>12s} {'XLA MiB':>8s} {'compile s':>9s}")
     for name, row in rows.items():
         xla = f"{row['xla_mib']:8.0f}" if "xla_mib" in row else f"{'-':>8s}"
         comp = row.get("compile_s", row.get("first_step_s", float("nan")))
         print(f"{name:10s} {row['train_steps_s']:13.3f} {row['train_ms']:8.1f} "
-              f"{row['infer_images_s']:11.1f} {row['rss_mib']:12.0f} {xla} {comp:9.1f}")
+              f"{row['train_cpu_ms']:11.0f} {row['infer_images_s']:11.1f} "
+              f"{row['rss_mib']:12.0f} {xla} {comp:9.1f}")
     if th is not None:
         ratio = rows["detr_jax"]["train_steps_s"] / rows["hf_torch"]["train_steps_s"]
         infer_ratio = rows["detr_jax"]["infer_images_s"] / rows["hf_torch"]["infer_images_s"]
         print(f"detr_jax / HF: train {ratio:.2f}x, inference {infer_ratio:.2f}x "
-              f"(per-block train ms: jax {[round(1e3 * t) for t in times['detr_jax']['train']]}, "
-              f"hf {[round(1e3 * t) for t in times['hf_torch']['train']]})")
+              f"(per-block train ms: jax {[round(1e3 * t) for t, _ in times['detr_jax']['train']]}"
+              f", hf {[round(1e3 * t) for t, _ in times['hf_torch']['train']]}); CPU time per "
+              f"step: {rows['detr_jax']['train_cpu_ms'] / rows['hf_torch']['train_cpu_ms']:.2f}x "
+              "HF's")
         rows["train_ratio"], rows["infer_ratio"] = ratio, infer_ratio
     if args.json:
-        record = dict(config=args.config, overrides=args.override,
+        record = dict(config=args.config, overrides=args.override, threads=args.threads,
+                      omp_wait=os.environ.get("OMP_WAIT_POLICY", ""), load=os.getloadavg()[0],
                       xla_flags=os.environ.get("XLA_FLAGS", ""), hf_attn=args.hf_attn, **rows)
         with open(args.json, "a") as f:
             f.write(json.dumps(record) + "\n")
