@@ -1,0 +1,103 @@
+"""Single convolutions of DETR's ResNet-18 "small" config: XLA:CPU against PyTorch (oneDNN).
+
+    python benchmarks/cpu_convs.py [--batch 16] [--threads 2]
+
+For each convolution shape of benchmarks/train_step.py's small config (128 x 128 images), the
+median ms of: the forward pass, and forward + backward (input and kernel gradients of
+sum(sin(conv))) with XLA's own gradient, with detr_jax's GEMM kernel gradient
+(`model.conv_weight_grad=gemm`, detr_jax/models/conv.py) and in PyTorch. The stem and layer1 are
+frozen in DETR, so only their forward is timed. NHWC/HWIO for JAX, NCHW/OIHW for PyTorch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+# name, input size, Cin, Cout, kernel, stride, trained (backward timed)
+CASES = (
+    ("stem 7x7/2 3->64", 128, 3, 64, 7, 2, False),
+    ("layer1 3x3 64->64", 32, 64, 64, 3, 1, False),
+    ("layer2 3x3/2 64->128", 32, 64, 128, 3, 2, True),
+    ("layer2 3x3 128->128", 16, 128, 128, 3, 1, True),
+    ("layer3 3x3 256->256", 8, 256, 256, 3, 1, True),
+    ("layer4 3x3 512->512", 4, 512, 512, 3, 1, True),
+    ("layer4 down 1x1/2 256->512", 8, 256, 512, 1, 2, True),
+)
+
+
+def _median_ms(fn, n: int = 9) -> float:
+    fn()
+    fn()
+    times = []
+    for _ in range(n):
+        t = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t)
+    return 1e3 * statistics.median(times)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--batch", type=int, default=16)
+    parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
+    args = parser.parse_args()
+
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+    import torch
+
+    from detr_jax.models.conv import conv_gemm_wgrad
+
+    torch.set_num_threads(args.threads)
+
+    def xla_conv(x, w, stride, pad, dilation=1):
+        return jax.lax.conv_general_dilated(
+            x, w, (stride, stride), ((pad, pad), (pad, pad)),
+            dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        )
+
+    def grad_of(conv, s, p):
+        return jax.jit(jax.grad(lambda x, w: jnp.sum(jnp.sin(conv(x, w, s, p, 1))), (0, 1)))
+
+    print(f"batch {args.batch}, torch threads {args.threads}; median ms")
+    print(f"{'convolution':28s} {'JAX fwd':>8s} {'torch fwd':>9s} {'JAX f+b':>8s} "
+          f"{'gemm f+b':>8s} {'torch f+b':>9s}")
+    for name, size, cin, cout, k, s, trained in CASES:
+        p = k // 2
+        rng = np.random.default_rng(0)
+        x = rng.normal(size=(args.batch, size, size, cin)).astype(np.float32)
+        w = (0.05 * rng.normal(size=(k, k, cin, cout))).astype(np.float32)
+        jx, jw = jnp.asarray(x), jnp.asarray(w)
+        fwd = jax.jit(lambda x, w, s=s, p=p: xla_conv(x, w, s, p))
+        tx = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous()
+        tw = torch.from_numpy(w).permute(3, 2, 0, 1).contiguous()
+
+        def torch_fwd(tx=tx, tw=tw, s=s, p=p):
+            with torch.no_grad():
+                torch.nn.functional.conv2d(tx, tw, stride=s, padding=p)
+
+        jax_fwd_ms = _median_ms(lambda f=fwd, a=jx, b=jw: jax.block_until_ready(f(a, b)))
+        row = [jax_fwd_ms, _median_ms(torch_fwd)]
+        if trained:
+            txg, twg = tx.clone().requires_grad_(True), tw.clone().requires_grad_(True)
+
+            def torch_fb(s=s, p=p, txg=txg, twg=twg):
+                y = torch.nn.functional.conv2d(txg, twg, stride=s, padding=p)
+                torch.sin(y).sum().backward()
+
+            for g in (grad_of(xla_conv, s, p), grad_of(conv_gemm_wgrad, s, p)):
+                row.append(_median_ms(lambda g=g, a=jx, b=jw: jax.block_until_ready(g(a, b))))
+            row.append(_median_ms(torch_fb))
+        print(f"{name:28s} " + " ".join(f"{v:8.1f}" for v in row), flush=True)
+
+
+if __name__ == "__main__":
+    main()
