@@ -29,7 +29,8 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
-NUM_BOXES = 8
+from train_step import NUM_BOXES, synthetic_batch  # noqa: E402 (a sibling script)
+
 GIB = 2**30
 
 
@@ -78,7 +79,8 @@ def abstract_batch(config):
 
 
 def compile_train_step(config):
-    """(compiled train step, seconds to compile) with abstract state and batch (no allocation)."""
+    """(compiled train step, seconds to compile, model, optimiser), compiled with an abstract
+    state and batch (no allocation)."""
     import jax
 
     from detr_jax import train
@@ -91,7 +93,7 @@ def compile_train_step(config):
     p_train, _, _, _ = train.make_steps(config, model, tx, schedule, train.make_mesh(), state)
     t = time.perf_counter()
     compiled = p_train.lower(state, abstract_batch(config)).compile()
-    return compiled, time.perf_counter() - t
+    return compiled, time.perf_counter() - t, model, tx
 
 
 def memory(args) -> None:
@@ -108,7 +110,9 @@ def memory(args) -> None:
           f"{'peak':>7s} {'compile s':>9s}")
     for name in args.variants.split(","):
         for b in (int(x) for x in args.batches.split(",")):
-            compiled, secs = compile_train_step(r50_config(args.size, b, **variants[name]))
+            compiled, secs, _, _ = compile_train_step(
+                r50_config(args.size, b, **variants[name])
+            )
             m = compiled.memory_analysis()
             peak = (m.argument_size_in_bytes + m.temp_size_in_bytes + m.output_size_in_bytes
                     - m.alias_size_in_bytes)
@@ -128,23 +132,17 @@ def sizes(args) -> None:
     for size in (int(s) for s in args.sizes.split(",")):
         config = build(size, args.batch)
         config.model.mask_backbone_features = False
-        compiled, secs = compile_train_step(config)
-        from detr_jax.models import build_model
-
-        model = build_model(config)
-        rng = jax.random.PRNGKey(0)
-        tx, _ = train.make_optimizer_for(config, model, rng)
-        state = train.create_train_state(config, model, tx, rng)
-        r = np.random.default_rng(0)
-        b, g = args.batch, NUM_BOXES
+        compiled, secs, model, tx = compile_train_step(config)
+        state = train.create_train_state(config, model, tx, jax.random.PRNGKey(0))
+        images, mask, labels, boxes = synthetic_batch(args.batch, (size, size),
+                                                      config.num_classes)
         batch = {
-            "image": r.normal(size=(b, size, size, 3)).astype(np.float32),
-            "pixel_mask": np.ones((b, size, size), bool),
-            "labels": r.integers(0, config.num_classes, (b, g)).astype(np.int32),
-            "boxes": np.concatenate([r.uniform(0.25, 0.75, (b, g, 2)),
-                                     r.uniform(0.05, 0.4, (b, g, 2))], -1).astype(np.float32),
-            "box_valid": np.ones((b, g), bool),
-            "image_valid": np.ones((b,), bool),
+            "image": images,
+            "pixel_mask": mask,
+            "labels": labels,
+            "boxes": boxes,
+            "box_valid": np.ones(labels.shape, bool),
+            "image_valid": np.ones(labels.shape[:1], bool),
         }
         cost = compiled.cost_analysis()
         cost = cost[0] if isinstance(cost, list) else cost

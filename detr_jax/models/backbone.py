@@ -46,7 +46,6 @@ def conv_norm(
     norm: str,
     stride: int = 1,
     dilation: int = 1,
-    padding: int | None = None,
     train: bool = False,
     zero_init: bool = False,
     dtype: Any = None,
@@ -59,7 +58,7 @@ def conv_norm(
     and a FrozenBatchNorm the affine map is folded into the convolution (same parameters).
     """
     conv = Conv2d(
-        features, k, stride, dilation, padding, kernel_init=_conv_init, dtype=dtype,
+        features, k, stride, dilation, kernel_init=_conv_init, dtype=dtype,
         weight_grad=weight_grad, name=conv_name,
     )
     if fold_bn and norm == "frozen_bn":
@@ -93,10 +92,10 @@ class ResidualBlock(nn.Module):
 
     @nn.compact
     def __call__(self, x: jax.Array, mask_in: jax.Array, mask_out: jax.Array) -> jax.Array:
-        def cn(y, i, c, k, mask, stride=1, dilation=1, zero=False, conv=None, bn=None, pad=None):
+        def cn(y, i, c, k, mask, stride=1, dilation=1, zero=False, conv=None, bn=None):
             return conv_norm(
                 y, mask, features=c, k=k, conv_name=conv or f"conv{i}", norm_name=bn or f"bn{i}",
-                norm=self.norm, stride=stride, dilation=dilation, padding=pad, train=self.train,
+                norm=self.norm, stride=stride, dilation=dilation, train=self.train,
                 zero_init=zero, dtype=self.dtype, weight_grad=self.conv_weight_grad,
                 fold_bn=self.fold_bn,
             )
@@ -116,8 +115,7 @@ class ResidualBlock(nn.Module):
             y = cn(y, 3, out_c, 1, mask_out, zero=zero)
         identity = x
         if self.downsample:
-            identity = cn(x, 0, out_c, 1, mask_out, s, conv="downsample_0", bn="downsample_1",
-                          pad=0)
+            identity = cn(x, 0, out_c, 1, mask_out, s, conv="downsample_0", bn="downsample_1")
         return apply_mask(nn.relu(y + identity), mask_out)
 
 

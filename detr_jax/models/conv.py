@@ -31,7 +31,10 @@ WEIGHT_GRAD_CHOICES = ("xla", "gemm")
 _DN = ("NHWC", "HWIO", "NHWC")
 
 
-def _conv(x, w, stride, pad, dilation):
+def conv_xla(
+    x: jax.Array, w: jax.Array, stride: int, pad: int, dilation: int
+) -> jax.Array:
+    """x [B,H,W,Cin], w [k,k,Cin,Cout] -> [B,Ho,Wo,Cout]: XLA's convolution, symmetric `pad`."""
     return lax.conv_general_dilated(
         x, w, (stride, stride), ((pad, pad), (pad, pad)), rhs_dilation=(dilation, dilation),
         dimension_numbers=_DN,
@@ -41,16 +44,16 @@ def _conv(x, w, stride, pad, dilation):
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3, 4))
 def conv_gemm_wgrad(x: jax.Array, w: jax.Array, stride: int, pad: int, dilation: int):
     """x [B,H,W,Cin], w [k,k,Cin,Cout] -> [B,Ho,Wo,Cout]; the kernel gradient is k*k GEMMs."""
-    return _conv(x, w, stride, pad, dilation)
+    return conv_xla(x, w, stride, pad, dilation)
 
 
 def _fwd(x, w, stride, pad, dilation):
-    return _conv(x, w, stride, pad, dilation), (x, w)
+    return conv_xla(x, w, stride, pad, dilation), (x, w)
 
 
 def _bwd(stride, pad, dilation, res, g):
     x, w = res
-    _, vjp_x = jax.vjp(lambda x_: _conv(x_, w, stride, pad, dilation), x)
+    _, vjp_x = jax.vjp(lambda x_: conv_xla(x_, w, stride, pad, dilation), x)
     (dx,) = vjp_x(g)
     k, cin, cout = w.shape[0], w.shape[2], w.shape[3]
     ho, wo = g.shape[1:3]
@@ -85,7 +88,6 @@ class Conv2d(nn.Module):
     kernel_size: int
     stride: int = 1
     dilation: int = 1
-    padding: int | None = None  # None: dilation * (kernel_size // 2)
     kernel_init: Any = nn.initializers.lecun_normal()
     dtype: Any = None
     weight_grad: str = "xla"
@@ -105,9 +107,9 @@ class Conv2d(nn.Module):
         if scale is not None:
             kernel = kernel * scale
         x, kernel = x.astype(dtype), kernel.astype(dtype)
-        pad = self.dilation * (k // 2) if self.padding is None else self.padding
+        pad = self.dilation * (k // 2)
         if self.weight_grad == "gemm":
             y = conv_gemm_wgrad(x, kernel, self.stride, pad, self.dilation)
         else:
-            y = _conv(x, kernel, self.stride, pad, self.dilation)
+            y = conv_xla(x, kernel, self.stride, pad, self.dilation)
         return y if shift is None else y + shift.astype(dtype)
