@@ -1,10 +1,12 @@
-"""Single convolutions of DETR's ResNet-18 "small" config: XLA:CPU against PyTorch (oneDNN).
+"""The ResNet-18 backbone of DETR's "small" config and its convolutions: XLA:CPU vs PyTorch.
 
-    python benchmarks/cpu_convs.py [--batch 16] [--threads 2]
+    HF_HUB_OFFLINE=1 python benchmarks/cpu_convs.py [--batch 16] [--threads 2]
 
-For each convolution shape of benchmarks/train_step.py's small config (128 x 128 images), the
-median ms of: the forward pass, and forward + backward (input and kernel gradients of
-sum(sin(conv))) with XLA's own gradient, with detr_jax's GEMM kernel gradient
+First the whole backbone (benchmarks/train_step.py's small config, 128 x 128, stem + layer1
+frozen, FrozenBatchNorm): detr_jax's ResNet under `jax.jit` against HF's ResNet backbone in
+PyTorch eager, the forward pass and forward + backward of sum(C5^2). Then, for each convolution
+shape of that backbone, the median ms of: the forward pass, and forward + backward (input and
+kernel gradients of sum(sin(conv))) with XLA's own gradient, with detr_jax's GEMM kernel gradient
 (`model.conv_weight_grad=gemm`, detr_jax/models/conv.py) and in PyTorch. The stem and layer1 are
 frozen in DETR, so only their forward is timed. NHWC/HWIO for JAX, NCHW/OIHW for PyTorch.
 """
@@ -13,12 +15,12 @@ from __future__ import annotations
 
 import argparse
 import os
-import statistics
 import sys
-import time
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+from gpu_r50 import timed  # noqa: E402 (a sibling script; median seconds per call)
 
 # name, input size, Cin, Cout, kernel, stride, trained (backward timed)
 CASES = (
@@ -32,15 +34,49 @@ CASES = (
 )
 
 
-def _median_ms(fn, n: int = 9) -> float:
-    fn()
-    fn()
-    times = []
-    for _ in range(n):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return 1e3 * statistics.median(times)
+def _median_ms(fn) -> float:
+    return 1e3 * timed(fn, steps=9, warmup=2)
+
+
+def backbone(args) -> None:
+    """Prints the whole-backbone table (median ms)."""
+    import hf_reference as ref
+    import jax
+    import jax.numpy as jnp
+    import torch
+    from train_step import CONFIGS, synthetic_batch
+
+    from detr_jax.models.backbone import ResNet
+
+    spec = CONFIGS["small"]["spec"]
+    images, mask, _, _ = synthetic_batch(args.batch, CONFIGS["small"]["image"], 1)
+    net = ResNet(depth=18, width=64, norm="frozen_bn", frozen_stages=2, mask_features=False)
+    variables = net.init(jax.random.PRNGKey(0), images, mask)
+
+    def c5(v):
+        return net.apply(v, images, mask)["C5"][0]
+
+    fwd = jax.jit(c5)
+    fwd_bwd = jax.jit(jax.grad(lambda v: jnp.sum(jnp.square(c5(v)))))
+    hf_backbone = ref.build_hf_detr(spec).model.backbone.model
+    hf_backbone.requires_grad_(True)  # HF's filter froze all of it; freeze stem + stage 1
+    for module in (hf_backbone.embedder, hf_backbone.encoder.stages[0]):
+        module.requires_grad_(False)
+    pixels = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
+
+    def torch_fwd():
+        with torch.no_grad():
+            hf_backbone(pixels)
+
+    def torch_fwd_bwd():
+        hf_backbone(pixels).feature_maps[-1].square().sum().backward()
+
+    print(f"batch {args.batch}, torch threads {args.threads}; median ms")
+    print(f"{'ResNet-18 backbone':28s} {'JAX':>8s} {'torch':>9s}")
+    for name, jax_fn, torch_fn in (("forward", fwd, torch_fwd),
+                                   ("forward + backward", fwd_bwd, torch_fwd_bwd)):
+        jax_ms = _median_ms(lambda f=jax_fn: jax.block_until_ready(f(variables)))
+        print(f"{name:28s} {jax_ms:8.1f} {_median_ms(torch_fn):9.1f}", flush=True)
 
 
 def main() -> None:
@@ -54,20 +90,14 @@ def main() -> None:
     import numpy as np
     import torch
 
-    from detr_jax.models.conv import conv_gemm_wgrad
+    from detr_jax.models.conv import conv_gemm_wgrad, conv_xla
 
     torch.set_num_threads(args.threads)
-
-    def xla_conv(x, w, stride, pad, dilation=1):
-        return jax.lax.conv_general_dilated(
-            x, w, (stride, stride), ((pad, pad), (pad, pad)),
-            dimension_numbers=("NHWC", "HWIO", "NHWC"),
-        )
+    backbone(args)
 
     def grad_of(conv, s, p):
         return jax.jit(jax.grad(lambda x, w: jnp.sum(jnp.sin(conv(x, w, s, p, 1))), (0, 1)))
 
-    print(f"batch {args.batch}, torch threads {args.threads}; median ms")
     print(f"{'convolution':28s} {'JAX fwd':>8s} {'torch fwd':>9s} {'JAX f+b':>8s} "
           f"{'gemm f+b':>8s} {'torch f+b':>9s}")
     for name, size, cin, cout, k, s, trained in CASES:
@@ -76,7 +106,7 @@ def main() -> None:
         x = rng.normal(size=(args.batch, size, size, cin)).astype(np.float32)
         w = (0.05 * rng.normal(size=(k, k, cin, cout))).astype(np.float32)
         jx, jw = jnp.asarray(x), jnp.asarray(w)
-        fwd = jax.jit(lambda x, w, s=s, p=p: xla_conv(x, w, s, p))
+        fwd = jax.jit(lambda x, w, s=s, p=p: conv_xla(x, w, s, p, 1))
         tx = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous()
         tw = torch.from_numpy(w).permute(3, 2, 0, 1).contiguous()
 
@@ -93,7 +123,7 @@ def main() -> None:
                 y = torch.nn.functional.conv2d(txg, twg, stride=s, padding=p)
                 torch.sin(y).sum().backward()
 
-            for g in (grad_of(xla_conv, s, p), grad_of(conv_gemm_wgrad, s, p)):
+            for g in (grad_of(conv_xla, s, p), grad_of(conv_gemm_wgrad, s, p)):
                 row.append(_median_ms(lambda g=g, a=jx, b=jw: jax.block_until_ready(g(a, b))))
             row.append(_median_ms(torch_fb))
         print(f"{name:28s} " + " ".join(f"{v:8.1f}" for v in row), flush=True)
