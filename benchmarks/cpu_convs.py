@@ -9,6 +9,8 @@ shape of that backbone, the median ms of: the forward pass, and forward + backwa
 kernel gradients of sum(sin(conv))) with XLA's own gradient, with detr_jax's GEMM kernel gradient
 (`model.conv_weight_grad=gemm`, detr_jax/models/conv.py) and in PyTorch. The stem and layer1 are
 frozen in DETR, so only their forward is timed. NHWC/HWIO for JAX, NCHW/OIHW for PyTorch.
+JAX compiles with detr_jax's step options (XLA:CPU's YNNPACK fusions off, Eigen convolutions);
+`--ynnpack` keeps XLA's default YNNPACK fusions instead.
 """
 
 from __future__ import annotations
@@ -56,8 +58,8 @@ def backbone(args) -> None:
     def c5(v):
         return net.apply(v, images, mask)["C5"][0]
 
-    fwd = jax.jit(c5)
-    fwd_bwd = jax.jit(jax.grad(lambda v: jnp.sum(jnp.square(c5(v)))))
+    fwd = args.jit(c5)
+    fwd_bwd = args.jit(jax.grad(lambda v: jnp.sum(jnp.square(c5(v)))))
     hf_backbone = ref.build_hf_detr(spec).model.backbone.model
     hf_backbone.requires_grad_(True)  # HF's filter froze all of it; freeze stem + stage 1
     for module in (hf_backbone.embedder, hf_backbone.encoder.stages[0]):
@@ -71,7 +73,8 @@ def backbone(args) -> None:
     def torch_fwd_bwd():
         hf_backbone(pixels).feature_maps[-1].square().sum().backward()
 
-    print(f"batch {args.batch}, torch threads {args.threads}; median ms")
+    print(f"batch {args.batch}, torch threads {args.threads}, XLA:CPU YNNPACK fusions "
+          f"{'on' if args.ynnpack else 'off'}; median ms")
     print(f"{'ResNet-18 backbone':28s} {'JAX':>8s} {'torch':>9s}")
     for name, jax_fn, torch_fn in (("forward", fwd, torch_fwd),
                                    ("forward + backward", fwd_bwd, torch_fwd_bwd)):
@@ -83,20 +86,26 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--batch", type=int, default=16)
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
+    parser.add_argument("--ynnpack", action="store_true", help="XLA:CPU's default YNNPACK fusions")
     args = parser.parse_args()
+
+    import functools
 
     import jax
     import jax.numpy as jnp
     import numpy as np
     import torch
 
+    from detr_jax.compile_options import step_compiler_options
     from detr_jax.models.conv import conv_gemm_wgrad, conv_xla
+
+    args.jit = functools.partial(jax.jit, compiler_options=step_compiler_options(args.ynnpack))
 
     torch.set_num_threads(args.threads)
     backbone(args)
 
     def grad_of(conv, s, p):
-        return jax.jit(jax.grad(lambda x, w: jnp.sum(jnp.sin(conv(x, w, s, p, 1))), (0, 1)))
+        return args.jit(jax.grad(lambda x, w: jnp.sum(jnp.sin(conv(x, w, s, p, 1))), (0, 1)))
 
     print(f"{'convolution':28s} {'JAX fwd':>8s} {'torch fwd':>9s} {'JAX f+b':>8s} "
           f"{'gemm f+b':>8s} {'torch f+b':>9s}")
@@ -106,7 +115,7 @@ def main() -> None:
         x = rng.normal(size=(args.batch, size, size, cin)).astype(np.float32)
         w = (0.05 * rng.normal(size=(k, k, cin, cout))).astype(np.float32)
         jx, jw = jnp.asarray(x), jnp.asarray(w)
-        fwd = jax.jit(lambda x, w, s=s, p=p: conv_xla(x, w, s, p, 1))
+        fwd = args.jit(lambda x, w, s=s, p=p: conv_xla(x, w, s, p, 1))
         tx = torch.from_numpy(x).permute(0, 3, 1, 2).contiguous()
         tw = torch.from_numpy(w).permute(3, 2, 0, 1).contiguous()
 

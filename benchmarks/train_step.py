@@ -120,6 +120,7 @@ class JaxSide:
         import numpy as np
 
         from detr_jax import train
+        from detr_jax.compile_options import step_compiler_options
         from detr_jax.config_base import apply_override
         from detr_jax.convert import convert_state_dict
         from detr_jax.convert.checkpoint import config_for
@@ -176,7 +177,10 @@ class JaxSide:
             - mem.alias_size_in_bytes
         ) if mem is not None else float("nan")
         self.xla_temp_bytes = mem.temp_size_in_bytes if mem is not None else float("nan")
-        self.infer = jax.jit(lambda p, x, m: model.apply({"params": p}, x, m))
+        self.infer = jax.jit(
+            lambda p, x, m: model.apply({"params": p}, x, m),
+            compiler_options=step_compiler_options(config.xla_cpu_ynnpack),
+        )
         self.images, self.mask = self.batch["image"], self.batch["pixel_mask"]
         jax.block_until_ready(self.infer(self.state.params, self.images, self.mask))
         with PeakRSS() as peak:

@@ -1,4 +1,4 @@
-"""Compiler options for functions that run once, such as a model's parameter initialisation.
+"""XLA compiler options: for functions that run once (`jit_once`) and for the jitted steps.
 
 Compiling a DETR's `init` with XLA's full backend optimisation spends most of its time on the
 random-number code of every parameter (threefry), and the result runs a single time: on the
@@ -15,6 +15,20 @@ from typing import Any
 import jax
 
 RUN_ONCE_OPTIONS = {"xla_backend_optimization_level": 0}
+
+# XLA:CPU hands convolutions, dots, elementwise ops and reductions to YNNPACK library fusions by
+# default (jax 0.10). For DETR they are slower than XLA's own Eigen kernels on the 2-core AVX2
+# machine measured (docs/benchmarks.md: a convolution's kernel gradient 2-3x, the small config's
+# train step ~1.3x), so the steps turn them off on CPU unless `xla_cpu_ynnpack` is set.
+_NO_YNNPACK = {"xla_cpu_experimental_ynn_fusion_type": ""}
+
+
+def step_compiler_options(xla_cpu_ynnpack: bool = False) -> dict[str, Any] | None:
+    """Compiler options for the train / eval / inference jits: None (XLA's defaults) except on
+    the CPU backend without `xla_cpu_ynnpack`, where YNNPACK fusions are switched off."""
+    if xla_cpu_ynnpack or jax.default_backend() != "cpu":
+        return None
+    return dict(_NO_YNNPACK)
 
 
 def jit_once(fn: Callable[..., Any], **jit_kwargs: Any) -> Callable[..., Any]:

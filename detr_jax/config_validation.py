@@ -106,6 +106,10 @@ def validate_config(config: Any, num_devices: int, workdir: str | None = None) -
         config.optim.backbone_lr_mult >= 0,
         f"optim.backbone_lr_mult={config.optim.backbone_lr_mult} must be >= 0",
     )
+    need(
+        isinstance(config.get("xla_cpu_ynnpack", False), bool),
+        f"xla_cpu_ynnpack={config.get('xla_cpu_ynnpack')!r} must be true or false",
+    )
     need(0 <= m.dropout < 1, f"model.dropout={m.dropout} must be in [0, 1)")
     need(0 <= m.drop_path < 1, f"model.drop_path={m.drop_path} must be in [0, 1)")
     need(

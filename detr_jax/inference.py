@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
+from detr_jax.compile_options import step_compiler_options
 from detr_jax.data.batching import IMAGENET_MEAN, IMAGENET_STD
 from detr_jax.models import build_model
 from detr_jax.pretrained import load_params_checkpoint
@@ -84,9 +85,12 @@ def _sown(inter: dict, path: str) -> np.ndarray:
 class Predictor:
     """A model, its variables and one jitted forward pass that also returns the attention."""
 
-    def __init__(self, model: Any, variables: dict):
+    def __init__(self, model: Any, variables: dict, xla_cpu_ynnpack: bool = False):
         self.model, self.variables = model, variables
-        self._apply = jax.jit(lambda v, a, m: model.apply(v, a, m, mutable=["intermediates"]))
+        self._apply = jax.jit(
+            lambda v, a, m: model.apply(v, a, m, mutable=["intermediates"]),
+            compiler_options=step_compiler_options(xla_cpu_ynnpack),
+        )
 
     def __call__(
         self,

@@ -94,7 +94,7 @@ def run(config, checkpoint: str, paths: list[str], output_dir: str, **opts) -> l
     returns the COCO results list."""
     names, cat_ids = class_info(config, opts.get("class_names"), checkpoint)
     model, variables = load_for_inference(config, checkpoint)
-    predictor = Predictor(model, variables)
+    predictor = Predictor(model, variables, config.get("xla_cpu_ynnpack", False))
     threshold = opts.get("score_threshold", 0.5)
     point = opts.get("point")
     os.makedirs(output_dir, exist_ok=True)

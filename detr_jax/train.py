@@ -35,7 +35,7 @@ from detr_jax import (
     sharding,
     transfer,
 )
-from detr_jax.compile_options import jit_once
+from detr_jax.compile_options import jit_once, step_compiler_options
 from detr_jax.config_validation import validate_config
 from detr_jax.data.prefetch import device_prefetch
 from detr_jax.dense_loss import dense_class_loss
@@ -229,6 +229,7 @@ def make_steps(config, model, tx, schedule, mesh, state):
     replicated = sharding.replicated(mesh)
     data_sharding = sharding.batch_sharding(mesh)
     state_sharding = sharding.state_shardings(state, mesh)
+    options = step_compiler_options(config.get("xla_cpu_ynnpack", False))
     p_train = jax.jit(
         functools.partial(
             train_step, model=model, tx=tx, schedule=schedule, matcher=matcher, loss_cfg=loss_cfg
@@ -236,6 +237,7 @@ def make_steps(config, model, tx, schedule, mesh, state):
         in_shardings=(state_sharding, data_sharding),
         out_shardings=(state_sharding, replicated),
         donate_argnums=(0,),
+        compiler_options=options,
     )
     p_eval = jax.jit(
         functools.partial(
@@ -247,6 +249,7 @@ def make_steps(config, model, tx, schedule, mesh, state):
         ),
         in_shardings=(state_sharding, data_sharding),
         out_shardings=(replicated, replicated),
+        compiler_options=options,
     )
     return p_train, p_eval, state_sharding, data_sharding
 
