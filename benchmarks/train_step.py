@@ -11,8 +11,11 @@ attention weights, FFN activations and residuals, auxiliary losses on every deco
 Hungarian matcher in scipy on the host, AdamW (backbone lr x 0.1) after global-norm clipping at
 0.1. One fixed synthetic batch (random images, 8 random boxes per image) is reused.
 
-Measurements are interleaved (JAX block, HF block, JAX block, ...) so that both see the same
-machine load; the table reports medians over `--repeats` blocks of `--steps` steps:
+Measurements are interleaved (JAX block, HF block, HF block, JAX block, ...) so that both see the
+same machine load; the table reports medians over `--repeats` blocks of `--steps` steps.
+`--variant NAME:field=value[,field=value]` adds further detr_jax sides to the same interleaving
+(e.g. `--variant ynnpack:xla_cpu_ynnpack=true`): this VM's speed drifts between processes, so
+options are best compared within one run. Reported:
 - train steps/s (the full step: forward, loss with matching, backward, optimiser),
 - inference images/s (eval forward of the batch, every decoder layer's heads),
 - peak memory: the RSS rise during one train step (sampled every ~1 ms, both frameworks) and, for
@@ -113,7 +116,7 @@ def synthetic_batch(batch: int, image: tuple[int, int], num_labels: int, seed: i
 class JaxSide:
     """detr_jax: the real train step of detr_jax.train (jitted, state donated)."""
 
-    def __init__(self, hf_model, spec, args, data):
+    def __init__(self, hf_model, spec, overrides, data):
         import flax
         import hf_reference as ref
         import jax
@@ -141,7 +144,7 @@ class JaxSide:
         config.max_boxes = NUM_BOXES
         config.matcher.name = "hungarian_scipy"
         config.loss.aux_loss = True
-        for text in args.override:
+        for text in overrides:
             apply_override(config, text)
         self.config = config
         model = build_model(config)
@@ -264,6 +267,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5, help="interleaved blocks per side")
     parser.add_argument("--steps", type=int, default=0, help="steps per block (0: by config)")
     parser.add_argument("--override", action="append", default=[], help="detr_jax field=value")
+    parser.add_argument("--variant", action="append", default=[],
+                        help="NAME:field=value[,field=value]: one more detr_jax side")
     parser.add_argument("--xla-flags", default="", help="appended to XLA_FLAGS")
     parser.add_argument("--hf-attn", default="sdpa", choices=("sdpa", "eager"))
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")
@@ -297,9 +302,13 @@ def main() -> None:
     hf_model.config.auxiliary_loss = True
     data = synthetic_batch(cfg["batch"], cfg["image"], spec["num_labels"])
 
-    jx = JaxSide(hf_model, spec, args, data)
+    jax_sides = {"detr_jax": JaxSide(hf_model, spec, args.override, data)}
+    for text in args.variant:
+        name, _, fields = text.partition(":")
+        extra = [f for f in fields.split(",") if f]
+        jax_sides[name] = JaxSide(hf_model, spec, args.override + extra, data)
     th = None if args.skip_hf else TorchSide(hf_model, data)
-    sides = {"detr_jax": jx} if th is None else {"detr_jax": jx, "hf_torch": th}
+    sides = dict(jax_sides) if th is None else {**jax_sides, "hf_torch": th}
     times = {name: {"train": [], "infer": []} for name in sides}
     for r in range(args.repeats):
         order = list(sides.items()) if r % 2 == 0 else list(sides.items())[::-1]
@@ -321,9 +330,9 @@ def main() -> None:
             rss_mib=side.rss_bytes / 2**20,
             loss=side.loss,
         )
-    rows["detr_jax"].update(
-        compile_s=jx.compile_s, xla_mib=jx.xla_bytes / 2**20, xla_temp_mib=jx.xla_temp_bytes / 2**20
-    )
+    for name, jx in jax_sides.items():
+        rows[name].update(compile_s=jx.compile_s, xla_mib=jx.xla_bytes / 2**20,
+                          xla_temp_mib=jx.xla_temp_bytes / 2**20)
     if th is not None:
         rows["hf_torch"].update(first_step_s=th.first_step_s)
     h, w = cfg["image"]
@@ -331,26 +340,32 @@ def main() -> None:
           f"blocks of {steps} steps, torch threads {args.threads}, HF attention {args.hf_attn}, "
           f"OMP_WAIT_POLICY={os.environ.get('OMP_WAIT_POLICY', '')!r}, load average "
           f"{os.getloadavg()[0]:.1f}")
-    print(f"overrides {args.override}  XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
-    print(f"{'impl':10s} {'train steps/s':>13s} {'ms/step':>8s} {'CPU ms/step':>11s} "
+    print(f"overrides {args.override}  variants {args.variant}  "
+          f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}")
+    print(f"{'impl':14s} {'train steps/s':>13s} {'ms/step':>8s} {'CPU ms/step':>11s} "
           f"{'infer img/s':>11s} {'peak RSS MiB':>12s} {'XLA MiB':>8s} {'compile s':>9s}")
     for name, row in rows.items():
         xla = f"{row['xla_mib']:8.0f}" if "xla_mib" in row else f"{'-':>8s}"
         comp = row.get("compile_s", row.get("first_step_s", float("nan")))
-        print(f"{name:10s} {row['train_steps_s']:13.3f} {row['train_ms']:8.1f} "
+        print(f"{name:14s} {row['train_steps_s']:13.3f} {row['train_ms']:8.1f} "
               f"{row['train_cpu_ms']:11.0f} {row['infer_images_s']:11.1f} "
               f"{row['rss_mib']:12.0f} {xla} {comp:9.1f}")
     if th is not None:
-        ratio = rows["detr_jax"]["train_steps_s"] / rows["hf_torch"]["train_steps_s"]
-        infer_ratio = rows["detr_jax"]["infer_images_s"] / rows["hf_torch"]["infer_images_s"]
-        print(f"detr_jax / HF: train {ratio:.2f}x, inference {infer_ratio:.2f}x "
-              f"(per-block train ms: jax {[round(1e3 * t) for t, _ in times['detr_jax']['train']]}"
-              f", hf {[round(1e3 * t) for t, _ in times['hf_torch']['train']]}); CPU time per "
-              f"step: {rows['detr_jax']['train_cpu_ms'] / rows['hf_torch']['train_cpu_ms']:.2f}x "
-              "HF's")
-        rows["train_ratio"], rows["infer_ratio"] = ratio, infer_ratio
+        hf = rows["hf_torch"]
+        print(f"per-block train ms: hf {[round(1e3 * t) for t, _ in times['hf_torch']['train']]}")
+        for name in jax_sides:
+            row = rows[name]
+            row["train_ratio"] = row["train_steps_s"] / hf["train_steps_s"]
+            row["infer_ratio"] = row["infer_images_s"] / hf["infer_images_s"]
+            print(f"{name} / HF: train {row['train_ratio']:.2f}x, inference "
+                  f"{row['infer_ratio']:.2f}x, CPU time per step "
+                  f"{row['train_cpu_ms'] / hf['train_cpu_ms']:.2f}x HF's (per-block train ms: "
+                  f"{[round(1e3 * t) for t, _ in times[name]['train']]})")
+        rows["train_ratio"] = rows["detr_jax"]["train_ratio"]
+        rows["infer_ratio"] = rows["detr_jax"]["infer_ratio"]
     if args.json:
-        record = dict(config=args.config, overrides=args.override, threads=args.threads,
+        record = dict(config=args.config, overrides=args.override, variants=args.variant,
+                      threads=args.threads,
                       omp_wait=os.environ.get("OMP_WAIT_POLICY", ""), load=os.getloadavg()[0],
                       xla_flags=os.environ.get("XLA_FLAGS", ""), hf_attn=args.hf_attn, **rows)
         with open(args.json, "a") as f:
