@@ -57,6 +57,15 @@ def _bwd(stride, pad, dilation, res, g):
     (dx,) = vjp_x(g)
     k, cin, cout = w.shape[0], w.shape[2], w.shape[3]
     ho, wo = g.shape[1:3]
+    if k == 1 and pad == 0:
+        # A 1x1 kernel has one tap: dW = X^T G straight from NHWC, contracting the leading
+        # (batch * spatial) dimension of both, with no transpose of the activation.
+        xs = x[:, ::stride, ::stride, :] if stride > 1 else x
+        dw = lax.dot_general(
+            xs.reshape(-1, cin), g.reshape(-1, cout), (((0,), (0,)), ((), ())),
+            preferred_element_type=jnp.float32,
+        )
+        return dx, dw.reshape(w.shape).astype(w.dtype)
     xp = jnp.pad(x, ((0, 0), (pad, pad), (pad, pad), (0, 0))) if pad else x
     # One transpose of the input to [Cin, B, Hp, Wp]: every tap's window is then a row-major
     # [Cin, B*Ho*Wo] operand (no per-tap transpose), and the GEMM gives [Cin, Cout] in HWIO order.
