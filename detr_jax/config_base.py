@@ -72,7 +72,7 @@ def base_config() -> ml_collections.ConfigDict:
     m.remat_backbone = False  # rematerialise residual blocks / transformer layers (nn.remat)
     m.remat_encoder = False
     m.remat_decoder = False
-    m.conv_weight_grad = "xla"  # xla | gemm: backbone kernel gradients as GEMMs (R50 on CPU)
+    m.conv_weight_grad = "xla"  # xla | gemm: backbone kernel gradients as GEMMs (models/conv.py)
     m.fold_frozen_bn = False  # fold FrozenBatchNorm into the convolutions (same params)
 
     mt = c.matcher = ml_collections.ConfigDict()

@@ -141,8 +141,8 @@ class ResNet(nn.Module):
         to return. Stages deeper than the deepest level asked for are not built.
       remat: rematerialise each residual block in the backward pass (`nn.remat`); the same
         parameters and results, less activation memory.
-      conv_weight_grad: "xla" or "gemm" (residual blocks' kernel gradients as GEMMs, faster on
-        XLA:CPU; see detr_jax/models/conv.py).
+      conv_weight_grad: "xla" or "gemm" (residual blocks' kernel gradients as GEMMs; see
+        detr_jax/models/conv.py for when that helps).
       fold_bn: fold FrozenBatchNorm into the preceding convolution (same parameters).
     """
 

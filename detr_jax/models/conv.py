@@ -7,9 +7,10 @@ symmetric padding `dilation * (k // 2)`.
 `weight_grad="gemm"` gives the convolution a custom VJP whose kernel gradient is k*k matrix
 products, one per kernel tap: dW[i, j] = X_ij^T G with X_ij the [B*Ho*Wo, Cin] input window
 of that tap (taken from the input transposed once to [Cin, B, H, W]) and G the [B*Ho*Wo, Cout]
-output gradient. XLA computes the kernel gradient as a convolution whose "kernel" is the whole
-output-gradient map; XLA:CPU's YNNPACK fusions (`xla_cpu_ynnpack=true`) run that at a fraction of
-the forward's speed, and there the GEMMs helped (R50 0.54x -> 0.73x of PyTorch). With the steps'
+output gradient (a 1x1 kernel: one GEMM straight from NHWC, no transpose). XLA computes the
+kernel gradient as a convolution whose "kernel" is the whole output-gradient map; XLA:CPU's
+YNNPACK fusions (`xla_cpu_ynnpack=true`) run that at a fraction of the forward's speed, and
+there the GEMMs helped (R50 0.54x -> 0.73x of PyTorch). With the steps'
 default Eigen convolutions XLA's own kernel gradient is as fast or faster (docs/benchmarks.md),
 so "xla" is the default everywhere; the input gradient is always XLA's own.
 

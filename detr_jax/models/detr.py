@@ -115,7 +115,7 @@ class DETR(nn.Module):
     remat_backbone: bool = False
     remat_encoder: bool = False
     remat_decoder: bool = False
-    conv_weight_grad: str = "xla"  # xla | gemm (models/conv.py; gemm is faster on XLA:CPU)
+    conv_weight_grad: str = "xla"  # xla | gemm (models/conv.py)
     fold_frozen_bn: bool = False
 
     @nn.compact
