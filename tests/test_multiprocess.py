@@ -6,7 +6,8 @@ image buckets, so the processes agree on each batch's bucket through the key-val
 
 - The 2-process run (4 steps, a final evaluation) ends bitwise equal to a 1-process run on 2
   devices fed the same global batches (tests/permuted_main.py orders the rows as the processes
-  do), with the same per-step metrics and evaluation; its checkpoint, written by both processes,
+  do), with the same per-step metrics and evaluation (to rounding: the eval rows are not
+  reordered); its checkpoint, written by both processes,
   restores in this (1-device) process; only process 0 writes metrics.
 - SIGTERM sent to ONE of the processes stops both after the same step, with a checkpoint of that
   step, and both exit 0 (preemption.StopSignal agrees through process_allgather).
@@ -110,8 +111,10 @@ def test_two_processes_match_one_process_on_the_same_global_batches_bitwise(runs
     train_rows = lambda w: [m for m in _metrics(w) if "loss" in m]
     assert train_rows(d / "ref") == train_rows(d / "mp")
     assert [m["step"] for m in train_rows(d / "mp")] == [1, 2, 3, 4]
-    # The final evaluation: identical detections and AP; its losses agree to rounding only, since
-    # the validation images are not reordered (the rows of an eval batch are in process order).
+    # The final evaluation: the same detections and AP; its losses and scores agree to rounding
+    # only, since the validation images are not reordered (the rows of an eval batch are in
+    # process order) and XLA:CPU's Eigen convolutions block a batch's rows by position, so an
+    # image's float32 sums can differ in the last bit with its place in the device batch.
     ev_ref = json.loads((d / "ref" / "eval_results.json").read_text())["metrics"]
     ev_mp = json.loads((d / "mp" / "eval_results.json").read_text())["metrics"]
     assert ev_ref.keys() == ev_mp.keys()
@@ -122,7 +125,9 @@ def test_two_processes_match_one_process_on_the_same_global_batches_bitwise(runs
         (p["image_id"], p["category_id"], p["score"], *p["bbox"])
         for p in json.loads((w / "predictions.json").read_text())
     )
-    assert preds(d / "ref") == preds(d / "mp")
+    p_ref, p_mp = preds(d / "ref"), preds(d / "mp")
+    assert [p[:2] for p in p_ref] == [p[:2] for p in p_mp]
+    np.testing.assert_allclose([p[2:] for p in p_mp], [p[2:] for p in p_ref], rtol=1e-5, atol=1e-6)
 
 
 def test_sigterm_to_one_process_stops_both_at_the_same_step(tmp_path, env):
