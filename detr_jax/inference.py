@@ -127,10 +127,15 @@ class Predictor:
         n_dec = len([k for k in inter if k.startswith("decoder_layers_")])
         n_enc = len([k for k in inter if k.startswith("encoder_layers_")])
         rh, rw = resized.shape[:2]
-        stride = 16 if self.model.dilation else 32
-        fh, fw = x.shape[1] // stride, x.shape[2] // stride
-        real_h, real_w = -(-rh // stride), -(-rw // stride)
         cross = _sown(inter, f"decoder_layers_{n_dec - 1}/multihead_attn/attention_weights")[0]
+        # The transformer's feature stride (8, 16 or 32 with feature_level and dilation) from
+        # its token count: the padded input is a multiple of 32, so the map is exactly H/s x W/s.
+        stride = int(round((x.shape[1] * x.shape[2] / cross.shape[-1]) ** 0.5))
+        fh, fw = x.shape[1] // stride, x.shape[2] // stride
+        if fh * fw != cross.shape[-1]:
+            raise ValueError(f"cannot lay {cross.shape[-1]} attention tokens out on the "
+                             f"{x.shape[1]}x{x.shape[2]} input's feature grid")
+        real_h, real_w = -(-rh // stride), -(-rw // stride)
         cross = cross.reshape(-1, fh, fw)[keep][:, :real_h, :real_w]
         if point is None:
             if len(keep):
