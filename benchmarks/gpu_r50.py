@@ -88,6 +88,22 @@ def timed(fn, steps: int, warmup: int = 1) -> float:
     return statistics.median(times)
 
 
+def xla_flops(compiled) -> float:
+    """FLOPs of one call from XLA's `cost_analysis()` (NaN when the backend gives none)."""
+    cost = compiled.cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost
+    return float(cost.get("flops", float("nan"))) if cost else float("nan")
+
+
+def xla_peak_bytes(compiled) -> float:
+    """XLA's `memory_analysis()` peak: arguments + outputs + temporaries - aliased (NaN if none)."""
+    mem = compiled.memory_analysis()
+    if mem is None:
+        return float("nan")
+    return (mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes
+            - mem.alias_size_in_bytes)
+
+
 class JaxDetr:
     """The model, a jitted train step (state donated) and eval forward for one dtype."""
 
@@ -134,12 +150,8 @@ class JaxDetr:
         )
         self.step = lowered.compile()
         self.compile_s = time.perf_counter() - t
-        cost = self.step.cost_analysis()
-        cost = cost[0] if isinstance(cost, list) else cost
-        self.flops = float(cost.get("flops", float("nan"))) if cost else float("nan")
-        mem = self.step.memory_analysis()
-        self.xla_gib = (mem.argument_size_in_bytes + mem.output_size_in_bytes
-                        + mem.temp_size_in_bytes - mem.alias_size_in_bytes) / 2**30
+        self.flops = xla_flops(self.step)
+        self.xla_gib = xla_peak_bytes(self.step) / 2**30
         self.forward = jax.jit(lambda p, x, m: model.apply({"params": p}, x, m))
 
     def make_batch(self, b: int) -> dict:

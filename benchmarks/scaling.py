@@ -29,7 +29,8 @@ import time
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 
-from train_step import NUM_BOXES, synthetic_batch  # noqa: E402 (a sibling script)
+from gpu_r50 import xla_flops, xla_peak_bytes  # noqa: E402 (sibling scripts)
+from train_step import NUM_BOXES, host_batch, synthetic_batch  # noqa: E402
 
 GIB = 2**30
 
@@ -113,9 +114,7 @@ def memory(args) -> None:
             compiled, secs, _, _ = compile_train_step(
                 r50_config(args.size, b, **variants[name])
             )
-            m = compiled.memory_analysis()
-            peak = (m.argument_size_in_bytes + m.temp_size_in_bytes + m.output_size_in_bytes
-                    - m.alias_size_in_bytes)
+            m, peak = compiled.memory_analysis(), xla_peak_bytes(compiled)
             print(f"{name:16s} {b:5d} {m.argument_size_in_bytes / GIB:7.2f} "
                   f"{m.temp_size_in_bytes / GIB:7.2f} {m.output_size_in_bytes / GIB:7.2f} "
                   f"{m.alias_size_in_bytes / GIB:7.2f} {peak / GIB:7.2f} {secs:9.0f}", flush=True)
@@ -123,7 +122,6 @@ def memory(args) -> None:
 
 def sizes(args) -> None:
     import jax
-    import numpy as np
 
     from detr_jax import train
 
@@ -134,22 +132,11 @@ def sizes(args) -> None:
         config.model.mask_backbone_features = False
         compiled, secs, model, tx = compile_train_step(config)
         state = train.create_train_state(config, model, tx, jax.random.PRNGKey(0))
-        images, mask, labels, boxes = synthetic_batch(args.batch, (size, size),
-                                                      config.num_classes)
-        batch = {
-            "image": images,
-            "pixel_mask": mask,
-            "labels": labels,
-            "boxes": boxes,
-            "box_valid": np.ones(labels.shape, bool),
-            "image_valid": np.ones(labels.shape[:1], bool),
-        }
-        cost = compiled.cost_analysis()
-        cost = cost[0] if isinstance(cost, list) else cost
+        batch = host_batch(*synthetic_batch(args.batch, (size, size), config.num_classes))
         state, _ = compiled(state, batch)  # warm-up
         tokens = (-(-size // 32)) ** 2
         runs.append(dict(size=size, compiled=compiled, state=state, batch=batch, times=[],
-                         flops=float(cost.get("flops", float("nan"))), tokens=tokens,
+                         flops=xla_flops(compiled), tokens=tokens,
                          compile_s=secs))
     for _ in range(args.repeats):
         for run in runs:
@@ -186,11 +173,9 @@ def flops(args) -> None:
         x = jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32)
         m = jax.ShapeDtypeStruct((1, size, size), jnp.bool_)
         params = jax.eval_shape(model.init, jax.random.PRNGKey(0), x, m)
-        cost = jax.jit(model.apply).lower(params, x, m).compile().cost_analysis()
-        cost = cost[0] if isinstance(cost, list) else cost
+        total = xla_flops(jax.jit(model.apply).lower(params, x, m).compile())
         n = (-(-size // 32)) ** 2
         attn = 6 * 2 * 2 * n * n * config.model.hidden_dim
-        total = float(cost["flops"])
         print(f"{size:5d} {n:8d} {total / 1e9:9.1f} {attn / 1e9:10.1f} {100 * attn / total:6.1f}",
               flush=True)
 

@@ -113,6 +113,20 @@ def synthetic_batch(batch: int, image: tuple[int, int], num_labels: int, seed: i
     return images, mask, labels, boxes
 
 
+def host_batch(images, mask, labels, boxes) -> dict:
+    """`synthetic_batch`'s arrays as the train step's batch dict (every box and image valid)."""
+    import numpy as np
+
+    return {
+        "image": images,
+        "pixel_mask": mask,
+        "labels": labels,
+        "boxes": boxes,
+        "box_valid": np.ones(labels.shape, bool),
+        "image_valid": np.ones(labels.shape[:1], bool),
+    }
+
+
 class JaxSide:
     """detr_jax: the real train step of detr_jax.train (jitted, state donated)."""
 
@@ -121,6 +135,7 @@ class JaxSide:
         import hf_reference as ref
         import jax
         import numpy as np
+        from gpu_r50 import xla_peak_bytes
 
         from detr_jax import train
         from detr_jax.compile_options import step_compiler_options
@@ -160,25 +175,12 @@ class JaxSide:
             config, model, tx, schedule, mesh, state
         )
         self.state = jax.device_put(state, state_sharding)
-        host = {
-            "image": images,
-            "pixel_mask": mask,
-            "labels": labels,
-            "boxes": boxes,
-            "box_valid": np.ones(labels.shape, bool),
-            "image_valid": np.ones(labels.shape[:1], bool),
-        }
-        self.batch = train.to_global(host, data_sharding)
+        self.batch = train.to_global(host_batch(images, mask, labels, boxes), data_sharding)
         t = time.perf_counter()
         self.step = p_train.lower(self.state, self.batch).compile()
         self.compile_s = time.perf_counter() - t
+        self.xla_bytes = xla_peak_bytes(self.step)
         mem = self.step.memory_analysis()
-        self.xla_bytes = (
-            mem.argument_size_in_bytes
-            + mem.output_size_in_bytes
-            + mem.temp_size_in_bytes
-            - mem.alias_size_in_bytes
-        ) if mem is not None else float("nan")
         self.xla_temp_bytes = mem.temp_size_in_bytes if mem is not None else float("nan")
         self.infer = jax.jit(
             lambda p, x, m: model.apply({"params": p}, x, m),
