@@ -96,7 +96,7 @@ def main() -> None:
     import numpy as np
     import torch
 
-    from detr_jax.compile_options import step_compiler_options
+    from detr_jax.core.compile_options import step_compiler_options
     from detr_jax.models.conv import conv_gemm_wgrad, conv_xla
 
     args.jit = functools.partial(jax.jit, compiler_options=step_compiler_options(args.ynnpack))

@@ -138,10 +138,10 @@ class JaxSide:
         from gpu_r50 import xla_peak_bytes
 
         from detr_jax import train
-        from detr_jax.compile_options import step_compiler_options
         from detr_jax.config_base import apply_override
         from detr_jax.convert import convert_state_dict
         from detr_jax.convert.checkpoint import config_for
+        from detr_jax.core.compile_options import step_compiler_options
         from detr_jax.models import build_model
 
         self.jax = jax

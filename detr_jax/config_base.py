@@ -30,10 +30,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.max_consecutive_nonfinite = 20  # skipped (NaN/inf) steps in a row before the run stops
     c.preemption_sync_every = 1  # multi-process: steps between agreeing on a SIGTERM stop
     # XLA:CPU's YNNPACK library fusions (XLA's default); off (False): XLA's Eigen kernels, which
-    # run DETR's convolutions faster on CPU (detr_jax/compile_options.py). No effect on GPU/TPU.
+    # run DETR's convolutions faster on CPU (core/compile_options.py). No effect on GPU/TPU.
     c.xla_cpu_ynnpack = False
 
-    # ---- Device mesh (detr_jax/sharding.py): data * fsdp must equal the device count ----
+    # ---- Device mesh (detr_jax/core/sharding.py): data * fsdp must equal the device count ----
     c.mesh = ml_collections.ConfigDict()
     c.mesh.data = -1  # data-parallel replicas; -1: all devices not used by fsdp
     c.mesh.fsdp = 1  # devices sharing (sharding) params and optimiser state; batches split on both

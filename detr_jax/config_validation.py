@@ -6,7 +6,8 @@ import os
 import tempfile
 from typing import Any
 
-from detr_jax import sharding, transfer
+from detr_jax import transfer
+from detr_jax.core import sharding
 from detr_jax.data import DATASET_CHOICES, SHAPES_SPECS
 from detr_jax.matching import MATCHERS
 from detr_jax.models import MODEL_CHOICES

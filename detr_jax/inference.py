@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
-from detr_jax.compile_options import step_compiler_options
+from detr_jax.core.compile_options import step_compiler_options
 from detr_jax.data.batching import IMAGENET_MEAN, IMAGENET_STD
 from detr_jax.models import build_model
 from detr_jax.pretrained import load_params_checkpoint

@@ -22,9 +22,10 @@ import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from detr_jax import distributed, train
-from detr_jax.checkpointing import CheckpointMismatchError
+from detr_jax import train
 from detr_jax.config_validation import ConfigError
+from detr_jax.core import distributed
+from detr_jax.core.checkpointing import CheckpointMismatchError
 from detr_jax.data.coco_json import DataError
 
 FLAGS = flags.FLAGS

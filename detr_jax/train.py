@@ -2,7 +2,7 @@
 
 The state is a pytree (`TrainState`) on the ("data", "fsdp") mesh of `config.mesh`: replicated
 when `mesh.fsdp` is 1, its large leaves split over `fsdp` otherwise; batches are split over every
-device (detr_jax/sharding.py). Both steps are jitted with in/out NamedShardings over global
+device (detr_jax/core/sharding.py). Both steps are jitted with in/out NamedShardings over global
 arrays, which works the same on 1 device, on N and on N processes; the train step donates the
 state.
 """
@@ -25,18 +25,12 @@ import optax
 from absl import logging
 from jax.sharding import Mesh, NamedSharding
 
-from detr_jax import (
-    checkpointing,
-    data,
-    distributed,
-    fileio,
-    optim,
-    preemption,
-    sharding,
-    transfer,
-)
-from detr_jax.compile_options import jit_once, step_compiler_options
+from detr_jax import data, optim, transfer
 from detr_jax.config_validation import validate_config
+from detr_jax.core import checkpointing, distributed, fileio, preemption, sharding
+from detr_jax.core.compile_options import jit_once, step_compiler_options
+from detr_jax.core.nonfinite import NonFiniteMonitor, NonFiniteStop  # noqa: F401 (re-exported)
+from detr_jax.core.writers import MetricWriter
 from detr_jax.data.prefetch import device_prefetch
 from detr_jax.dense_loss import dense_class_loss
 from detr_jax.evaluation.evaluator import Evaluator
@@ -45,8 +39,6 @@ from detr_jax.losses import detr_loss
 from detr_jax.matching import get_matcher
 from detr_jax.models import build_model
 from detr_jax.models.query_groups import fold_query_groups
-from detr_jax.nonfinite import NonFiniteMonitor, NonFiniteStop  # noqa: F401 (re-exported)
-from detr_jax.writers import MetricWriter
 
 
 @flax.struct.dataclass

@@ -7,7 +7,7 @@
 #
 # Every worker clones (or updates) REPO at BRANCH into ~/detr_jax, installs requirements.txt plus
 # JAX's TPU runtime, and runs `python -m detr_jax.main`. jax.distributed is initialised from the
-# TPU environment (detr_jax/distributed.py); each host loads its own share of every batch.
+# TPU environment (detr_jax/core/distributed.py); each host loads its own share of every batch.
 # WORKDIR must be visible to every worker (a gs:// bucket, or a shared file system path):
 # checkpoints are written by all hosts together, logs and result files by host 0.
 # Re-running the script resumes from the newest checkpoint in WORKDIR.

@@ -36,7 +36,8 @@ sys.path[:0] = [HERE, os.path.dirname(HERE)]  # conftest, detr_jax
 from conftest import tiny_config  # noqa: E402
 from ml_collections import ConfigDict  # noqa: E402
 
-from detr_jax import data, sharding, train  # noqa: E402
+from detr_jax import data, train  # noqa: E402
+from detr_jax.core import sharding  # noqa: E402
 from detr_jax.matching import get_matcher  # noqa: E402
 from detr_jax.models import build_model  # noqa: E402
 

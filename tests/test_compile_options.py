@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 from conftest import tiny_config
 
-from detr_jax.compile_options import step_compiler_options
 from detr_jax.config_validation import ConfigError, validate_config
+from detr_jax.core.compile_options import step_compiler_options
 
 
 def test_options_switch_ynnpack_off_on_cpu_only_unless_asked():

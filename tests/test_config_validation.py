@@ -9,7 +9,7 @@ import pytest
 from conftest import tiny_config
 
 from detr_jax.config_validation import ConfigError, validate_config
-from detr_jax.preemption import StopSignal
+from detr_jax.core.preemption import StopSignal
 
 
 def _error_lines(config, num_devices: int = 1, workdir: str | None = None) -> list[str]:

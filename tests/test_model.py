@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from conftest import tiny_config
 
-from detr_jax.compile_options import jit_once
+from detr_jax.core.compile_options import jit_once
 from detr_jax.models import build_model
 from detr_jax.models.position_encoding import sine_position_embedding
 

@@ -63,7 +63,8 @@ def runs(tmp_path_factory, env):
 
 def _restore(workdir, config):
     """The newest checkpoint of `workdir`, restored onto this process's single device."""
-    from detr_jax import checkpointing, train
+    from detr_jax import train
+    from detr_jax.core import checkpointing
     from detr_jax.models import build_model
 
     model = build_model(config)

@@ -6,7 +6,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from detr_jax.compile_options import jit_once
+from detr_jax.core.compile_options import jit_once
 from detr_jax.losses import detr_loss
 from detr_jax.matching import HungarianScipyMatcher
 from detr_jax.models import build_model

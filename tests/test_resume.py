@@ -181,7 +181,8 @@ def test_corrupt_latest_checkpoint_falls_back_to_the_previous_one(cli_run, tmp_p
     import jax
     from conftest import tiny_config
 
-    from detr_jax import checkpointing, optim, train
+    from detr_jax import optim, train
+    from detr_jax.core import checkpointing
     from detr_jax.models import build_model
 
     straight, _ = cli_run

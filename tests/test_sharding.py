@@ -20,8 +20,8 @@ from conftest import tiny_config
 from jax.sharding import PartitionSpec as P
 from ml_collections import ConfigDict
 
-from detr_jax import distributed, sharding
 from detr_jax.config_validation import ConfigError, validate_config
+from detr_jax.core import distributed, sharding
 from detr_jax.data.batching import collate, pad_to_bucket
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -198,7 +198,7 @@ def test_loss_and_gradients_on_data8_match_one_device():
 
 def test_remote_workdir_files_go_through_epath(tmp_path, monkeypatch):
     """gs:// workdirs: the same files through etils.epath (here on a local path posing as one)."""
-    from detr_jax import fileio, writers
+    from detr_jax.core import fileio, writers
     from detr_jax.evaluation.coco_eval import write_eval_files
     from detr_jax.evaluation.visualize import save_png
 

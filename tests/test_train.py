@@ -11,7 +11,8 @@ import optax
 import pytest
 from conftest import tiny_config
 
-from detr_jax import checkpointing, optim, train
+from detr_jax import optim, train
+from detr_jax.core import checkpointing
 from detr_jax.data.batching import collate
 from detr_jax.data.shapes import STANDARD_SHAPES, generate_sample
 from detr_jax.evaluation.postprocess import postprocess

@@ -31,7 +31,7 @@ import numpy as np
 from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
-from detr_jax import fileio
+from detr_jax.core import fileio
 
 METRIC_NAMES: tuple[str, ...] = (
     "AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100",

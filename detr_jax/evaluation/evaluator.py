@@ -16,8 +16,8 @@ import jax
 import numpy as np
 from jax.sharding import NamedSharding
 
+from detr_jax.core.distributed import agree_on_buckets
 from detr_jax.data.batching import batch_iterator, collate
-from detr_jax.distributed import agree_on_buckets
 from detr_jax.evaluation.coco_eval import CocoEvaluator, coco_gt_from_samples, write_eval_files
 from detr_jax.evaluation.visualize import draw_detections, image_grid, save_png
 

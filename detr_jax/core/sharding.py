@@ -38,7 +38,7 @@ from jax.experimental import mesh_utils
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from detr_jax.compile_options import jit_once
+from detr_jax.core.compile_options import jit_once
 
 MESH_AXES = ("data", "fsdp")
 BATCH_AXES = ("data", "fsdp")  # the batch dimension is split over both mesh axes

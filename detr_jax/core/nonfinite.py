@@ -12,7 +12,7 @@ from typing import Any
 
 from absl import logging
 
-from detr_jax import checkpointing
+from detr_jax.core import checkpointing
 
 
 class NonFiniteStop(RuntimeError):

@@ -18,7 +18,7 @@ import jax
 import numpy as np
 from absl import logging
 
-from detr_jax import fileio
+from detr_jax.core import fileio
 
 REMOTE_EVERY_S = 120.0
 
