@@ -12,13 +12,12 @@ from typing import Any
 
 import flax.traverse_util
 import jax
-import jax.numpy as jnp
 import numpy as np
 from PIL import Image
 
 from detr_jax.core.compile_options import step_compiler_options
 from detr_jax.data.batching import IMAGENET_MEAN, IMAGENET_STD
-from detr_jax.models import build_model
+from detr_jax.models import build_model, variable_shapes
 from detr_jax.pretrained import load_params_checkpoint
 from detr_jax.transfer import merge_pretrained
 
@@ -30,11 +29,7 @@ def load_for_inference(config: Any, checkpoint: str) -> tuple[Any, dict]:
     instance a different `num_classes`): prediction never runs on re-initialised weights.
     """
     model = build_model(config)
-    h, w = config.image_buckets[0]
-    fresh = jax.eval_shape(
-        lambda r: model.init({"params": r}, jnp.zeros((1, h, w, 3)), jnp.ones((1, h, w), bool)),
-        jax.random.PRNGKey(0),
-    )
+    fresh = variable_shapes(model, tuple(config.image_buckets[0]))
     fresh = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), fresh)
     src_params, src_stats, _ = load_params_checkpoint(checkpoint)
     params, stats, report = merge_pretrained(

@@ -23,13 +23,14 @@ import ml_collections
 import numpy as np
 import optax
 from absl import logging
-from jax.sharding import Mesh, NamedSharding
+from jax.sharding import Mesh
 
 from detr_jax import data, optim, transfer
 from detr_jax.config_validation import validate_config
 from detr_jax.core import checkpointing, distributed, fileio, preemption, sharding
 from detr_jax.core.compile_options import jit_once, step_compiler_options
 from detr_jax.core.nonfinite import NonFiniteMonitor, NonFiniteStop  # noqa: F401 (re-exported)
+from detr_jax.core.sharding import to_global  # noqa: F401 (re-exported)
 from detr_jax.core.writers import MetricWriter
 from detr_jax.data.prefetch import device_prefetch
 from detr_jax.dense_loss import dense_class_loss
@@ -37,7 +38,7 @@ from detr_jax.evaluation.evaluator import Evaluator
 from detr_jax.evaluation.postprocess import postprocess
 from detr_jax.losses import detr_loss
 from detr_jax.matching import get_matcher
-from detr_jax.models import build_model
+from detr_jax.models import build_model, init_variables, variable_shapes
 from detr_jax.models.query_groups import fold_query_groups
 
 
@@ -58,16 +59,9 @@ def make_mesh(config: Any = None) -> Mesh:
     return sharding.make_mesh(None if config is None else config.get("mesh"))
 
 
-def init_variables(model: nn.Module, config: Any, rng: jax.Array) -> dict:
-    h, w = config.image_buckets[0]
-    images = jnp.zeros((1, h, w, 3), jnp.float32)
-    mask = jnp.ones((1, h, w), bool)
-    return model.init({"params": rng}, images, mask, train=False)
-
-
 def make_optimizer_for(config: Any, model: nn.Module, rng: jax.Array) -> tuple[Any, Any]:
     """(tx, schedule) for `model` as the train loop builds them, freeze options included."""
-    params_shape = jax.eval_shape(lambda r: init_variables(model, config, r), rng)["params"]
+    params_shape = variable_shapes(model, tuple(config.image_buckets[0]))["params"]
     return optim.make_optimizer(
         config.optim,
         config.total_steps,
@@ -83,7 +77,7 @@ def create_train_state(
 ) -> TrainState:
     def create(rng):
         init_rng, state_rng = jax.random.split(rng)
-        variables = init_variables(model, config, init_rng)
+        variables = init_variables(model, config.image_buckets[0], init_rng)
         params = variables["params"]
         return TrainState(
             step=jnp.zeros((), jnp.int32),
@@ -244,13 +238,6 @@ def make_steps(config, model, tx, schedule, mesh, state):
         compiler_options=options,
     )
     return p_train, p_eval, state_sharding, data_sharding
-
-
-def to_global(batch: dict[str, np.ndarray], batch_sharding: NamedSharding) -> dict[str, jax.Array]:
-    """Assembles this process's share of the batch into global arrays split over all devices."""
-    return {
-        k: jax.make_array_from_process_local_data(batch_sharding, v) for k, v in batch.items()
-    }
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict[str, float]:

@@ -183,7 +183,7 @@ def test_corrupt_latest_checkpoint_falls_back_to_the_previous_one(cli_run, tmp_p
 
     from detr_jax import optim, train
     from detr_jax.core import checkpointing
-    from detr_jax.models import build_model
+    from detr_jax.models import build_model, variable_shapes
 
     straight, _ = cli_run
     shutil.copytree(straight / "checkpoints", tmp_path / "checkpoints")
@@ -191,7 +191,7 @@ def test_corrupt_latest_checkpoint_falls_back_to_the_previous_one(cli_run, tmp_p
     config = tiny_config()
     model = build_model(config)
     rng = jax.random.PRNGKey(0)
-    shapes = jax.eval_shape(lambda r: train.init_variables(model, config, r), rng)["params"]
+    shapes = variable_shapes(model, tuple(config.image_buckets[0]))["params"]
     tx, _ = optim.make_optimizer(config.optim, config.total_steps, shapes, 0)
     template = jax.eval_shape(lambda r: train.create_train_state(config, model, tx, r), rng)
     manager = checkpointing.make_manager(str(tmp_path), every=3, keep=3)

@@ -9,7 +9,6 @@ from __future__ import annotations
 from typing import Any
 
 import flax.traverse_util
-import jax
 import numpy as np
 
 from detr_jax.config_base import base_config, set_field
@@ -67,16 +66,9 @@ def check_against_model(params: dict[str, np.ndarray], config, backbone_only: bo
 
     With `backbone_only`, only the model's `backbone/...` params are compared.
     """
-    from detr_jax.models import build_model  # local: keeps module import light
+    from detr_jax.models import build_model, variable_shapes  # local: keeps module import light
 
-    model = build_model(config)
-    h, w = 64, 64
-    shapes = jax.eval_shape(
-        lambda r: model.init(
-            {"params": r}, jax.numpy.zeros((1, h, w, 3)), jax.numpy.ones((1, h, w), bool)
-        ),
-        jax.random.PRNGKey(0),
-    )["params"]
+    shapes = variable_shapes(build_model(config))["params"]
     expected = {
         k: tuple(v.shape) for k, v in flax.traverse_util.flatten_dict(shapes, sep="/").items()
     }

@@ -155,3 +155,10 @@ def describe(state: Any, shardings: Any) -> str:
         else:
             replicated_n += n
     return f"state: {sharded:,} elements sharded over fsdp, {replicated_n:,} replicated"
+
+
+def to_global(batch: dict[str, np.ndarray], batch_sharding: NamedSharding) -> dict[str, jax.Array]:
+    """Assembles this process's share of the batch into global arrays split over all devices."""
+    return {
+        k: jax.make_array_from_process_local_data(batch_sharding, v) for k, v in batch.items()
+    }

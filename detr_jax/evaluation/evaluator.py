@@ -17,6 +17,7 @@ import numpy as np
 from jax.sharding import NamedSharding
 
 from detr_jax.core.distributed import agree_on_buckets
+from detr_jax.core.sharding import to_global
 from detr_jax.data.batching import batch_iterator, collate
 from detr_jax.evaluation.coco_eval import CocoEvaluator, coco_gt_from_samples, write_eval_files
 from detr_jax.evaluation.visualize import draw_detections, image_grid, save_png
@@ -88,8 +89,6 @@ class Evaluator:
 
     def run(self, state: Any, step: int, write_files: bool = True, draw: bool = False) -> dict:
         """Evaluates `state`; returns {'AP': ..., 'AP50': ..., ..., 'loss': ...}."""
-        from detr_jax.train import to_global  # local import: train imports this module
-
         coco = CocoEvaluator(self.gt, self.dataset.category_ids)
         loss_sums: dict[str, float] = {}
         n_batches = 0

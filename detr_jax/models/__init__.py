@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
+import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from detr_jax.models.backbone import BACKBONE_CHOICES
@@ -69,3 +71,21 @@ def build_model(config: Any) -> DETR:
         conv_weight_grad=getattr(m, "conv_weight_grad", "xla"),
         fold_frozen_bn=bool(getattr(m, "fold_frozen_bn", False)),
     )
+
+
+def init_variables(model: nn.Module, image_hw: tuple[int, int], rng: jax.Array) -> dict:
+    """The model's variables (`params`, and `batch_stats` with trainable BatchNorm), initialised
+    on one zero image of `image_hw` = (H, W) with an all-real pixel mask (inference mode).
+
+    The one initialisation helper: training, inference, conversion checks and the benchmarks
+    call it (under `jax.eval_shape` when only the shapes are needed, see `variable_shapes`).
+    """
+    h, w = image_hw
+    images = jnp.zeros((1, h, w, 3), jnp.float32)
+    mask = jnp.ones((1, h, w), bool)
+    return model.init({"params": rng}, images, mask, train=False)
+
+
+def variable_shapes(model: nn.Module, image_hw: tuple[int, int] = (64, 64)) -> dict:
+    """`init_variables` as `jax.ShapeDtypeStruct`s, without running or compiling the model."""
+    return jax.eval_shape(lambda r: init_variables(model, image_hw, r), jax.random.PRNGKey(0))
