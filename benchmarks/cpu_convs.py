@@ -7,7 +7,8 @@ frozen, FrozenBatchNorm): detr_jax's ResNet under `jax.jit` against HF's ResNet 
 PyTorch eager, the forward pass and forward + backward of sum(C5^2). Then, for each convolution
 shape of that backbone, the median ms of: the forward pass, and forward + backward (input and
 kernel gradients of sum(sin(conv))) with XLA's own gradient, with detr_jax's GEMM kernel gradient
-(`model.conv_weight_grad=gemm`, detr_jax/models/conv.py) and in PyTorch. The stem and layer1 are
+(`model.backbone.conv_weight_grad=gemm`, detr_jax/models/conv.py) and in PyTorch. The stem and
+layer1 are
 frozen in DETR, so only their forward is timed. NHWC/HWIO for JAX, NCHW/OIHW for PyTorch.
 JAX compiles with detr_jax's step options (XLA:CPU's YNNPACK fusions off, Eigen convolutions);
 `--ynnpack` keeps XLA's default YNNPACK fusions instead.
@@ -46,9 +47,8 @@ def backbone(args) -> None:
     import jax
     import jax.numpy as jnp
     import torch
-    from train_step import CONFIGS, synthetic_batch
-
     from detr_jax.models.backbone import ResNet
+    from train_step import CONFIGS, synthetic_batch
 
     spec = CONFIGS["small"]["spec"]
     images, mask, _, _ = synthetic_batch(args.batch, CONFIGS["small"]["image"], 1)

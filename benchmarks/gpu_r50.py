@@ -187,10 +187,10 @@ class JaxDetr:
         batch, params = self.batch, self.params
         from detr_jax.models.backbone import ResNet
 
-        bb = ResNet(depth=model.backbone_depth, width=model.backbone_width,
-                    norm=model.backbone_norm, frozen_stages=model.backbone_frozen_stages,
-                    mask_features=model.mask_backbone_features, dtype=model.dtype,
-                    remat=model.remat_backbone)
+        bb = ResNet(depth=model.backbone_depth, width=model.backbone.width,
+                    norm=model.backbone.norm, frozen_stages=model.backbone.frozen_stages,
+                    mask_features=model.backbone.mask_features, dtype=model.dtype,
+                    remat=model.backbone.remat)
 
         def backbone_sum(p):
             feat, _ = bb.apply({"params": p}, batch["image"], batch["pixel_mask"])["C5"]
@@ -313,10 +313,10 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=10, help="timed steps per measurement")
     p.add_argument("--dtypes", default="bfloat16,float32", help="run in this order")
     p.add_argument("--infer-batches", default="1,8")
-    p.add_argument("--attention", default="dot_product", help="model.attention_impl")
+    p.add_argument("--attention", default="dot_product", help="model.transformer.attention_impl")
     p.add_argument("--remat", default="none", choices=("none", "backbone", "all"))
     p.add_argument("--matcher", default="hungarian_scipy")
-    p.add_argument("--mask", action="store_true", help="model.mask_backbone_features (HF: off)")
+    p.add_argument("--mask", action="store_true", help="model.backbone.mask_features (HF: off)")
     p.add_argument("--profile", default="", help="write a jax.profiler trace here + breakdown")
     p.add_argument("--skip-hf", action="store_true")
     p.add_argument("--smoke", action="store_true", help="tiny model, 64x96 images, 2 steps")

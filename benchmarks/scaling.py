@@ -44,7 +44,7 @@ def r50_config(size: int, batch: int, **model):
     c.batch_size = batch
     c.image_buckets = [(size, size)]
     c.max_boxes = NUM_BOXES
-    c.model.mask_backbone_features = True
+    c.model.backbone.mask_features = True
     for k, v in model.items():
         c.model[k] = v
     return c
@@ -55,8 +55,9 @@ def small_config(size: int, batch: int, **model):
     c = r50_config(size, batch)
     c.num_classes = 20
     m = c.model
-    m.backbone, m.hidden_dim, m.enc_layers, m.dec_layers = "resnet18", 128, 3, 3
-    m.dim_feedforward, m.num_queries = 512, 50
+    m.backbone.name, m.hidden_dim = "resnet18", 128
+    m.transformer.enc_layers, m.transformer.dec_layers = 3, 3
+    m.transformer.dim_feedforward, m.queries.num_queries = 512, 50
     for k, v in model.items():
         m[k] = v
     return c
@@ -129,7 +130,7 @@ def sizes(args) -> None:
     runs = []
     for size in (int(s) for s in args.sizes.split(",")):
         config = build(size, args.batch)
-        config.model.mask_backbone_features = False
+        config.model.backbone.mask_features = False
         compiled, secs, model, tx = compile_train_step(config)
         state = train.create_train_state(config, model, tx, jax.random.PRNGKey(0))
         batch = host_batch(*synthetic_batch(args.batch, (size, size), config.num_classes))

@@ -31,11 +31,11 @@ def get_config():
     # of landscape and portrait batches. At most len(image_buckets) compiles each for the train
     # and the eval step.
     c.image_buckets = [(800, 1344), (1344, 800), (1344, 1344)]
-    c.model.backbone = "resnet50"
-    c.model.backbone_norm = "frozen_bn"
-    c.model.num_queries = 100
+    c.model.backbone.name = "resnet50"
+    c.model.backbone.norm = "frozen_bn"
+    c.model.queries.num_queries = 100
     c.optim.lr = 1e-4
-    c.optim.backbone_lr_mult = 0.1
+    c.optim.param_rules = [("^backbone/", 0.1)]
     c.optim.warmup_steps = 200
     c.optim.schedule = "cosine"
     return c

@@ -26,30 +26,31 @@ def get_config():
     c.eval.draw_score_threshold = 0.3
 
     m = c.model
-    m.backbone = "resnet18"
-    m.backbone_width = 16
-    m.backbone_norm = "bn"
-    m.backbone_frozen_stages = 0
-    m.zero_init_residual = False
+    m.backbone.name = "resnet18"
+    m.backbone.width = 16
+    m.backbone.norm = "bn"
+    m.backbone.frozen_stages = 0
+    m.backbone.zero_init_residual = False
     # C4 with its stage dilated: stride 8, a 12x12 feature map at 96 px (C5 at stride 16 gave
     # 6x6, too coarse for 8-12 px objects: AP50 0.215 against 0.344 at 4200 steps).
-    m.feature_level = "C4"
-    m.dilation = True
+    m.neck.level = "C4"
+    m.backbone.dilation = True
     m.hidden_dim = 128
-    m.nheads = 8
-    m.enc_layers = 1  # at 144 tokens an encoder layer costs ~45 ms/step; 1 layer also learns faster
-    m.dec_layers = 3
-    m.dim_feedforward = 512
-    m.dropout = 0.0
-    m.num_queries = 20
+    m.transformer.nheads = 8
+    m.transformer.enc_layers = 1  # at 144 tokens a layer costs ~45 ms/step; 1 also learns faster
+    m.transformer.dec_layers = 3
+    m.transformer.dim_feedforward = 512
+    m.transformer.dropout = 0.0
+    m.queries.num_queries = 20
     # From scratch, the class loss reaches the backbone only through near-uniform attention, so
-    # the backbone also gets direct per-position class targets (detr_jax/dense_loss.py).
-    m.dense_aux_head = True
-    c.loss.dense_aux_weight = 3.0  # on the C5 recipe: 1.0 gave AP50 0.104, 3.0 0.215, 6.0 0.202
+    # the backbone also gets direct per-position class targets (detr_jax/losses/dense.py).
+    m.heads.dense_aux = True
+    c.loss.terms.dense = {"eos_coef": 0.1}
+    c.loss.weights.loss_dense = 3.0  # on the C5 recipe: 1.0 gave AP50 0.104, 3.0 0.215, 6.0 0.202
 
     o = c.optim
     o.lr = 2e-4
-    o.backbone_lr_mult = 5.0  # 1e-3: a from-scratch CNN learns far faster than at 2e-4
+    o.param_rules = [("^backbone/", 5.0)]  # 1e-3: a from-scratch CNN learns far faster
     o.warmup_steps = 200
     o.schedule = "cosine"
     return c

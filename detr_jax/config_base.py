@@ -44,55 +44,79 @@ def base_config() -> ml_collections.ConfigDict:
     c.freeze = "none"  # none | backbone | heads | decoder_and_heads (the rest gets zero updates)
     c.freeze_backbone_steps = 0  # the backbone gets zero updates for the first K steps
 
+    # ---- Model (detr_jax/models): detector-wide fields, then one sub-dict per part. Each
+    # sub-dict's `name` picks the part from its registry; its other fields are the part's own
+    # keyword arguments (an unknown one stops the start-up naming it).
     m = c.model = ml_collections.ConfigDict()
     m.name = "detr"
-    m.backbone = "resnet50"
-    m.backbone_width = 64
-    m.backbone_norm = "frozen_bn"  # frozen_bn (pretrained) | bn | gn (from scratch)
-    m.dilation = False  # DC5
-    m.backbone_frozen_stages = 2  # stem + layer1, as in the original
-    m.zero_init_residual = False
-    m.mask_backbone_features = True
-    m.position_embedding = "sine"  # sine | learned
-    m.hidden_dim = 256
-    m.nheads = 8
-    m.enc_layers = 6
-    m.dec_layers = 6
-    m.dim_feedforward = 2048
-    m.dropout = 0.1
-    m.drop_path = 0.0
-    m.pre_norm = False
-    m.num_queries = 100
-    m.query_init_std = 1.0  # N(0, 1) as nn.Embedding in the original
-    m.feature_level = "C5"  # backbone level fed to the transformer (C4: stride 16, 8 dilated)
-    m.dense_aux_head = False  # per-position class head on C5 (detr_jax/dense_loss.py)
-    m.num_query_groups = 1  # Group DETR training groups (detr_jax/models/query_groups.py)
+    m.hidden_dim = 256  # D, given to every part that has the field
     m.dtype = "float32"  # compute dtype: float32 | bfloat16 (params, loss and heads stay fp32)
-    m.attention_impl = "xla"  # xla (einsums) | dot_product | cudnn (jax.nn.dot_product_attention)
-    m.remat_backbone = False  # rematerialise residual blocks / transformer layers (nn.remat)
-    m.remat_encoder = False
-    m.remat_decoder = False
-    m.conv_weight_grad = "xla"  # xla | gemm: backbone kernel gradients as GEMMs (models/conv.py)
-    m.fold_frozen_bn = False  # fold FrozenBatchNorm into the convolutions (same params)
+    m.backbone = ml_collections.ConfigDict(dict(  # models/backbones/resnet.py
+        name="resnet50",  # resnet18 | resnet34 | resnet50 | resnet101
+        width=64,
+        norm="frozen_bn",  # frozen_bn (pretrained) | bn | gn (from scratch)
+        dilation=False,  # DC5: the deepest stage built keeps the stride, dilated
+        frozen_stages=2,  # stem + layer1, as in the original
+        zero_init_residual=False,
+        mask_features=True,
+        remat=False,  # rematerialise residual blocks (nn.remat)
+        conv_weight_grad="xla",  # xla | gemm: kernel gradients as GEMMs (models/conv.py)
+        fold_bn=False,  # fold FrozenBatchNorm into the convolutions (same params)
+    ))
+    m.neck = ml_collections.ConfigDict(dict(  # models/necks/single_level.py
+        name="single_level",
+        level="C5",  # the level fed to the transformer (C4: stride 16, 8 dilated)
+        position_embedding="sine",  # sine | learned
+    ))
+    m.transformer = ml_collections.ConfigDict(dict(  # models/transformers/detr.py
+        name="detr",
+        nheads=8,
+        enc_layers=6,
+        dec_layers=6,
+        dim_feedforward=2048,
+        dropout=0.1,
+        drop_path=0.0,
+        pre_norm=False,
+        attention_impl="xla",  # xla (einsums) | dot_product | cudnn (jax.nn.dot_product_attention)
+        remat_encoder=False,
+        remat_decoder=False,
+    ))
+    m.queries = ml_collections.ConfigDict(dict(  # models/queries/learned.py
+        name="learned",
+        num_queries=100,
+        init_std=1.0,  # N(0, 1) as nn.Embedding in the original
+        num_groups=1,  # Group DETR training groups (models/queries/groups.py)
+    ))
+    m.heads = ml_collections.ConfigDict(dict(  # models/heads/box.py
+        name="class_box",
+        dense_aux=False,  # per-position class head on the neck's level (losses/dense.py)
+    ))
 
+    # ---- Matching (detr_jax/matching): `name` picks the matcher, `costs` the weighted cost
+    # terms; any other field is the matcher's own setting (e.g. auction's `eps`).
     mt = c.matcher = ml_collections.ConfigDict()
     mt.name = "hungarian_scipy"
-    mt.cost_class = 1.0
-    mt.cost_bbox = 5.0
-    mt.cost_giou = 2.0
+    mt.costs = ml_collections.ConfigDict({"class": 1.0, "bbox": 5.0, "giou": 2.0})
 
+    # ---- Criterion (detr_jax/losses): named terms with their settings, and the weight of each
+    # loss they produce; every decoder layer gets the same terms (with `aux_loss`). Losses
+    # without a weight (cardinality_error, class_error) are logged only.
     ls = c.loss = ml_collections.ConfigDict()
-    ls.eos_coef = 0.1
-    ls.label_smoothing = 0.0
-    ls.weight_ce = 1.0
-    ls.weight_bbox = 5.0
-    ls.weight_giou = 2.0
     ls.aux_loss = True
-    ls.dense_aux_weight = 1.0  # used only with model.dense_aux_head
+    ls.terms = ml_collections.ConfigDict({
+        "labels": {"eos_coef": 0.1, "label_smoothing": 0.0},
+        "boxes": {},
+        "cardinality": {},
+    })
+    ls.weights = ml_collections.ConfigDict({"loss_ce": 1.0, "loss_bbox": 5.0, "loss_giou": 2.0})
 
     o = c.optim = ml_collections.ConfigDict()
     o.lr = 1e-4
-    o.backbone_lr_mult = 0.1
+    # Parameter groups: ordered (regex on "/"-joined param paths, lr multiplier or "frozen");
+    # the first rule that matches a path decides, unmatched params train at lr x 1. Each rule
+    # must match some parameter. The parts' own rules (FrozenBatchNorm, backbone.frozen_stages)
+    # and the `freeze` preset come first (detr_jax/optim.py).
+    o.param_rules = [("^backbone/", 0.1)]
     o.weight_decay = 1e-4
     o.b1 = 0.9
     o.b2 = 0.999
@@ -151,15 +175,65 @@ def base_config() -> ml_collections.ConfigDict:
     return c
 
 
+# Fields renamed when the model became parts (detr_jax 0.2): old dotted name -> new one. Used to
+# say where a field went (CLI overrides) and to read older converted checkpoints' meta.json.
+LEGACY_FIELDS: dict[str, str] = {
+    "model.backbone": "model.backbone.name",
+    "model.backbone_width": "model.backbone.width",
+    "model.backbone_norm": "model.backbone.norm",
+    "model.dilation": "model.backbone.dilation",
+    "model.backbone_frozen_stages": "model.backbone.frozen_stages",
+    "model.zero_init_residual": "model.backbone.zero_init_residual",
+    "model.mask_backbone_features": "model.backbone.mask_features",
+    "model.remat_backbone": "model.backbone.remat",
+    "model.conv_weight_grad": "model.backbone.conv_weight_grad",
+    "model.fold_frozen_bn": "model.backbone.fold_bn",
+    "model.feature_level": "model.neck.level",
+    "model.position_embedding": "model.neck.position_embedding",
+    **{f"model.{k}": f"model.transformer.{k}" for k in (
+        "nheads", "enc_layers", "dec_layers", "dim_feedforward", "dropout", "drop_path",
+        "pre_norm", "attention_impl", "remat_encoder", "remat_decoder")},
+    "model.num_queries": "model.queries.num_queries",
+    "model.query_init_std": "model.queries.init_std",
+    "model.num_query_groups": "model.queries.num_groups",
+    "model.dense_aux_head": "model.heads.dense_aux",
+    "matcher.cost_class": "matcher.costs.class",
+    "matcher.cost_bbox": "matcher.costs.bbox",
+    "matcher.cost_giou": "matcher.costs.giou",
+    "loss.eos_coef": "loss.terms.labels.eos_coef",
+    "loss.label_smoothing": "loss.terms.labels.label_smoothing",
+    "loss.weight_ce": "loss.weights.loss_ce",
+    "loss.weight_bbox": "loss.weights.loss_bbox",
+    "loss.weight_giou": "loss.weights.loss_giou",
+    "loss.dense_aux_weight": "loss.weights.loss_dense",
+    "optim.backbone_lr_mult": "optim.param_rules (the '^backbone/' rule)",
+}
+# Sub-dicts whose fields depend on the part chosen: a new field may be added there.
+_OPEN_FIELDS = ("matcher",)
+
+
 def set_field(config: ml_collections.ConfigDict, path: str, value: Any) -> None:
-    """Sets the dotted field `path` (e.g. "model.hidden_dim"); unknown fields raise KeyError."""
+    """Sets the dotted field `path` (e.g. "model.hidden_dim"); unknown fields raise KeyError
+    (naming the new place of a renamed one). A dict value replaces a whole sub-dict (e.g.
+    `model.backbone={"name": "resnet18", ...}`); `matcher.*` may take new fields."""
     node = config
     *parents, leaf = path.split(".")
     for p in parents:
+        if p not in node:
+            raise KeyError(_unknown(path))
         node = node[p]
-    if leaf not in node:
-        raise KeyError(f"unknown config field {path!r}")
+        if not hasattr(node, "keys"):
+            raise KeyError(_unknown(path))
+    if leaf not in node and ".".join(parents) not in _OPEN_FIELDS:
+        raise KeyError(_unknown(path))
+    if isinstance(value, dict) and hasattr(node.get(leaf), "keys"):
+        value = ml_collections.ConfigDict(value)  # a whole part, e.g. another backbone
     node[leaf] = value
+
+
+def _unknown(path: str) -> str:
+    moved = LEGACY_FIELDS.get(path)
+    return f"unknown config field {path!r}" + (f" (now {moved})" if moved else "")
 
 
 def apply_override(config: ml_collections.ConfigDict, text: str) -> None:

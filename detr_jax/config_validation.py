@@ -9,11 +9,12 @@ from typing import Any
 from detr_jax import transfer
 from detr_jax.core import sharding
 from detr_jax.data import DATASET_CHOICES, SHAPES_SPECS
+from detr_jax.losses import loss_problems
 from detr_jax.matching import MATCHERS
-from detr_jax.models import MODEL_CHOICES
-from detr_jax.models.backbone import BACKBONE_CHOICES
+from detr_jax.models import model_problems
 from detr_jax.models.norms import NORM_CHOICES
 from detr_jax.models.position_encoding import POSITION_EMBEDDING_CHOICES
+from detr_jax.models.transformers import ATTENTION_CHOICES
 from detr_jax.optim import SCHEDULE_CHOICES
 
 
@@ -52,71 +53,32 @@ def validate_config(config: Any, num_devices: int, workdir: str | None = None) -
     def choice(field: str, value: Any, choices: tuple) -> None:
         need(value in choices, f"{field}={value!r}: choose one of {choices}")
 
-    m = config.model
     choice("dataset", config.dataset, DATASET_CHOICES)
     if config.dataset == "shapes":
         choice("shapes.spec", config.shapes.spec, tuple(SHAPES_SPECS))
-    choice("model.name", m.name, MODEL_CHOICES)
-    choice("model.backbone", m.backbone, BACKBONE_CHOICES)
-    choice("model.backbone_norm", m.backbone_norm, NORM_CHOICES)
-    choice("model.position_embedding", m.position_embedding, POSITION_EMBEDDING_CHOICES)
     choice("matcher.name", config.matcher.name, tuple(MATCHERS))
     choice("optim.schedule", config.optim.schedule, SCHEDULE_CHOICES)
-    choice("model.backbone_frozen_stages", m.backbone_frozen_stages, (0, 1, 2, 3, 4, 5))
-    choice("model.feature_level", m.feature_level, ("C3", "C4", "C5"))
-    need(
-        isinstance(m.num_query_groups, int) and m.num_query_groups >= 1,
-        f"model.num_query_groups={m.num_query_groups!r} must be an integer >= 1",
-    )
-    need(
-        m.num_queries > config.max_boxes,
-        f"model.num_queries={m.num_queries} must exceed max_boxes={config.max_boxes} "
-        "(every ground-truth box needs its own query)",
-    )
-    for field in (
-        "total_steps",
-        "batch_size",
-        "num_classes",
-        "max_boxes",
-        "model.num_queries",
-        "model.hidden_dim",
-        "model.nheads",
-        "model.dec_layers",
-        "eval.batch_size",
-        "log_every",
-        "keep_checkpoints",
-        "max_consecutive_nonfinite",
-        "preemption_sync_every",
-    ):
-        value = config
-        for part in field.split("."):
-            value = value[part]
+    for field in ("total_steps", "batch_size", "num_classes", "max_boxes", "eval.batch_size",
+                  "log_every", "keep_checkpoints", "max_consecutive_nonfinite",
+                  "preemption_sync_every"):
+        value = _get(config, field)
         need(isinstance(value, int) and value > 0, f"{field}={value!r} must be a positive integer")
     for field in ("eval_every", "checkpoint_every", "optim.warmup_steps"):
-        value = config
-        for part in field.split("."):
-            value = value[part]
+        value = _get(config, field)
         need(isinstance(value, int) and value >= 0, f"{field}={value!r} must be an integer >= 0")
-    need(m.enc_layers >= 0, f"model.enc_layers={m.enc_layers} must be >= 0")
-    need(
-        m.hidden_dim % m.nheads == 0,
-        f"model.hidden_dim={m.hidden_dim} must be divisible by model.nheads={m.nheads}",
-    )
     need(config.optim.lr > 0, f"optim.lr={config.optim.lr} must be > 0")
-    need(
-        config.optim.backbone_lr_mult >= 0,
-        f"optim.backbone_lr_mult={config.optim.backbone_lr_mult} must be >= 0",
-    )
     need(
         isinstance(config.get("xla_cpu_ynnpack", False), bool),
         f"xla_cpu_ynnpack={config.get('xla_cpu_ynnpack')!r} must be true or false",
     )
-    need(0 <= m.dropout < 1, f"model.dropout={m.dropout} must be in [0, 1)")
-    need(0 <= m.drop_path < 1, f"model.drop_path={m.drop_path} must be in [0, 1)")
-    need(
-        0 <= config.loss.label_smoothing < 1,
-        f"loss.label_smoothing={config.loss.label_smoothing} must be in [0, 1)",
-    )
+    problems = model_problems(config)
+    errors += problems
+    if not problems:
+        _check_part_values(config, need, choice)
+    errors += loss_problems(config)
+    labels = config.loss.terms.get("labels", {})
+    smoothing = labels.get("label_smoothing", 0.0)
+    need(0 <= smoothing < 1, f"loss.terms.labels.label_smoothing={smoothing} must be in [0, 1)")
     _check_mesh(config, num_devices, need, errors)
     buckets = list(config.image_buckets)
     need(
@@ -131,6 +93,51 @@ def validate_config(config: Any, num_devices: int, workdir: str | None = None) -
         need(problem is None, f"workdir={workdir!r} is not writable ({problem})")
     if errors:
         raise ConfigError("invalid config:\n  " + "\n  ".join(errors))
+
+
+def _get(config: Any, field: str) -> Any:
+    value = config
+    for part in field.split("."):
+        value = value[part]
+    return value
+
+
+def _check_part_values(config: Any, need: Any, choice: Any) -> None:
+    """Values of the standard parts' fields (each check runs when the part has the field)."""
+    m = config.model
+    b, n, t, q = m.backbone.name, m.neck, m.transformer, m.queries
+    if "norm" in b:
+        choice("model.backbone.norm", b.norm, NORM_CHOICES)
+    if "frozen_stages" in b:
+        choice("model.backbone.frozen_stages", b.frozen_stages, (0, 1, 2, 3, 4, 5))
+    if "level" in n:
+        choice("model.neck.level", n.level, ("C3", "C4", "C5"))
+    if "position_embedding" in n:
+        choice("model.neck.position_embedding", n.position_embedding,
+               POSITION_EMBEDDING_CHOICES)
+    if "attention_impl" in t:
+        choice("model.transformer.attention_impl", t.attention_impl, ATTENTION_CHOICES)
+    need(isinstance(m.hidden_dim, int) and m.hidden_dim > 0,
+         f"model.hidden_dim={m.hidden_dim!r} must be a positive integer")
+    for f in ("nheads", "dec_layers"):
+        if f in t:
+            need(isinstance(t[f], int) and t[f] > 0,
+                 f"model.transformer.{f}={t[f]!r} must be a positive integer")
+    if "enc_layers" in t:
+        need(t.enc_layers >= 0, f"model.transformer.enc_layers={t.enc_layers} must be >= 0")
+    if "nheads" in t and isinstance(t.nheads, int) and t.nheads > 0:
+        need(m.hidden_dim % t.nheads == 0, f"model.hidden_dim={m.hidden_dim} must be divisible "
+             f"by model.transformer.nheads={t.nheads}")
+    for f in ("dropout", "drop_path"):
+        if f in t:
+            need(0 <= t[f] < 1, f"model.transformer.{f}={t[f]} must be in [0, 1)")
+    if "num_queries" in q:
+        need(isinstance(q.num_queries, int) and q.num_queries > config.max_boxes,
+             f"model.queries.num_queries={q.num_queries!r} must be an integer above "
+             f"max_boxes={config.max_boxes} (every ground-truth box needs its own query)")
+    if "num_groups" in q:
+        need(isinstance(q.num_groups, int) and q.num_groups >= 1,
+             f"model.queries.num_groups={q.num_groups!r} must be an integer >= 1")
 
 
 def _check_mesh(config: Any, num_devices: int, need: Any, errors: list[str]) -> None:

@@ -1,70 +1,96 @@
-"""Optimiser: global-norm clipping, then AdamW with a warmup schedule; backbone lr x mult.
+"""Optimiser: global-norm clipping, then AdamW per parameter group, with a warmup schedule.
 
-Parameters are labelled by their path in the param tree:
-- "frozen": FrozenBatchNorm arrays and the stages frozen by `model.backbone_frozen_stages`; they get
-  exactly zero updates (optax.set_to_zero: no gradient step and no weight decay).
-- "backbone": the rest of `backbone/...`, lr x `optim.backbone_lr_mult`.
-- "transformer": everything else (projection, transformer, queries, heads).
-
-Transfer learning (`config.freeze`) labels more of the model "frozen": "backbone" (all of it),
-"heads" (all but `class_embed` and `bbox_embed`), "decoder_and_heads" (all but the decoder,
-`query_embed` and the heads). `config.freeze_backbone_steps=K` zeroes the backbone's updates for
-the first K steps only (`transfer.freeze_backbone_until`).
+Parameter groups are ordered regex rules on the "/"-joined param paths (`backbone/layer1_0/
+conv1/kernel`), each `(pattern, value)` with value an lr multiplier or "frozen"; the first rule
+whose pattern matches (`re.search`) decides and unmatched params train at lr x 1. "frozen"
+params get exactly zero updates (optax.set_to_zero: no gradient step and no weight decay). The
+rules come, in this order, from:
+1. the `config.freeze` preset (transfer learning): "backbone" freezes `backbone/`, "heads" all
+   but the heads, "decoder_and_heads" all but the decoder, `query_embed` and the heads;
+2. the model's parts (`model.param_rules()`: FrozenBatchNorm arrays, `backbone.frozen_stages`);
+3. `config.optim.param_rules` (e.g. `[("^backbone/", 0.1)]`, DETR's backbone lr x 0.1).
+Every rule of 1 and 3 must match some parameter (a start-up error names the rule otherwise).
+`config.freeze_backbone_steps=K` zeroes the `backbone/` updates for the first K steps only
+(`transfer.freeze_backbone_until`).
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import re
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import flax.traverse_util
 import optax
 
 SCHEDULE_CHOICES = ("cosine", "step", "constant")
-
-_STAGE_PREFIXES = ("conv1", "bn1", "layer1", "layer2", "layer3", "layer4")
-
-
-def frozen_stage_prefixes(frozen_stages: int) -> tuple[str, ...]:
-    """Top-level backbone module prefixes frozen by `frozen_stages` (1 = stem, 2 = +layer1, ...)."""
-    n = {0: 0, 1: 2, 2: 3, 3: 4, 4: 5, 5: 6}[int(frozen_stages)]
-    return _STAGE_PREFIXES[:n]
-
-
-_HEADS = ("class_embed", "bbox_embed", "dense_class_head")
-_TRAINED_BY_FREEZE = {
-    "none": None,
-    "backbone": ("input_proj", "position_embedding", "transformer", "query_embed", *_HEADS),
-    "heads": _HEADS,
-    "decoder_and_heads": ("transformer/decoder_", "query_embed", *_HEADS),
+FROZEN = "frozen"
+_HEADS = "class_embed/|bbox_embed/|dense_class_head/"
+FREEZE_PRESETS: dict[str, list[tuple[str, str]]] = {
+    "none": [],
+    "backbone": [("^backbone/", FROZEN)],
+    "heads": [(f"^(?!({_HEADS}))", FROZEN)],
+    "decoder_and_heads": [(f"^(?!(transformer/decoder_|query_embed|{_HEADS}))", FROZEN)],
 }
 
 
-def param_labels(params: Any, frozen_stages: int = 0, freeze: str = "none") -> Any:
-    """Returns a pytree of labels ("frozen" / "backbone" / "transformer") shaped like params.
+class ParamRuleError(ValueError):
+    """A parameter-group rule that is malformed or matches no parameter."""
 
-    `freeze` (see the module docstring) labels every param outside its trained set "frozen".
-    """
-    trained = _TRAINED_BY_FREEZE[freeze]
-    frozen_prefixes = frozen_stage_prefixes(frozen_stages)
+
+def _paths(params: Any) -> list[str]:
+    return ["/".join(k) for k in flax.traverse_util.flatten_dict(params)]
+
+
+def check_rules(rules: Sequence[Sequence[Any]], params: Any, field: str) -> list[str]:
+    """One line per bad rule in `rules` (the config at `field`): not a (pattern, value) pair,
+    a bad regex or value, or a pattern matching none of the paths of `params`."""
+    paths, lines = _paths(params), []
+    for i, rule in enumerate(rules):
+        if len(rule) != 2:
+            lines.append(f"{field}[{i}]={rule!r}: a rule is (regex, lr multiplier or 'frozen')")
+            continue
+        pattern, value = rule
+        try:
+            compiled = re.compile(pattern)
+        except (re.error, TypeError) as e:
+            lines.append(f"{field}[{i}]: pattern {pattern!r} is not a regex ({e})")
+            continue
+        if value != FROZEN and not (isinstance(value, int | float) and value >= 0):
+            lines.append(f"{field}[{i}]: value {value!r} must be an lr multiplier >= 0 or "
+                         f"'{FROZEN}'")
+        if not any(compiled.search(p) for p in paths):
+            lines.append(f"{field}[{i}]: pattern {pattern!r} matches no parameter (paths look "
+                         f"like {paths[:3]})")
+    return lines
+
+
+def group_label(value: Any) -> str:
+    """The optimiser-state label of a rule value: "frozen" or "lr_x<mult>"."""
+    return FROZEN if value == FROZEN else f"lr_x{float(value):g}"
+
+
+def param_labels(params: Any, rules: Sequence[Sequence[Any]]) -> Any:
+    """A pytree of group labels shaped like `params` (first matching rule; else "lr_x1")."""
+    compiled = [(re.compile(p), group_label(v)) for p, v in rules]
+
+    def label(path: str) -> str:
+        return next((lab for pat, lab in compiled if pat.search(path)), group_label(1.0))
+
     flat = flax.traverse_util.flatten_dict(params)
-    # FrozenBatchNorm modules are the ones holding running statistics among their params
-    # (trainable flax BatchNorm keeps them in `batch_stats`, GroupNorm has none).
-    frozen_bn_modules = {k[:-1] for k in flat if k[-1] == "running_mean"}
+    return flax.traverse_util.unflatten_dict({k: label("/".join(k)) for k in flat})
 
-    def label(path: tuple[str, ...]) -> str:
-        if trained is not None and not "/".join(path).startswith(trained):
-            return "frozen"
-        if path[0] != "backbone":
-            return "transformer"
-        if path[:-1] in frozen_bn_modules:
-            return "frozen"
-        top = path[1]
-        if any(top == p or top.startswith(p + "_") for p in frozen_prefixes):
-            return "frozen"
-        return "backbone"
 
-    return flax.traverse_util.unflatten_dict({k: label(k) for k in flat})
+def optimizer_rules(config: Any, model: Any, params: Any) -> list[tuple[str, Any]]:
+    """The ordered rules of the module docstring for `config` and `model`; raises
+    ParamRuleError (one line per bad rule) when a preset or config rule matches nothing."""
+    preset = FREEZE_PRESETS[config.freeze]
+    config_rules = [tuple(r) for r in config.optim.param_rules]
+    lines = check_rules(preset, params, f"freeze={config.freeze!r}")
+    lines += check_rules(config_rules, params, "optim.param_rules")
+    if lines:
+        raise ParamRuleError("\n  ".join(lines))
+    return [*preset, *getattr(model, "param_rules", lambda: [])(), *config_rules]
 
 
 def make_schedule(optim: Any, total_steps: int) -> Callable[[Any], Any]:
@@ -91,37 +117,39 @@ def make_optimizer(
     optim: Any,
     total_steps: int,
     params: Any,
-    frozen_stages: int = 0,
-    freeze: str = "none",
+    rules: Sequence[Sequence[Any]] = (),
     freeze_backbone_steps: int = 0,
 ) -> tuple[optax.GradientTransformation, Callable[[Any], Any]]:
-    """Builds clip -> multi_transform(AdamW per group). Returns (tx, lr schedule).
+    """clip -> multi_transform(AdamW per lr multiplier, zero for "frozen"). Returns (tx, lr
+    schedule). `params` may be shapes; `rules` as `optimizer_rules` returns them.
 
     With `freeze_backbone_steps` > 0 the chain is wrapped in `transfer.freeze_backbone_until`.
     """
     schedule = make_schedule(optim, total_steps)
-    mult = optim.backbone_lr_mult
 
     def adamw(sched):
         return optax.adamw(
             sched, b1=optim.b1, b2=optim.b2, eps=1e-8, weight_decay=optim.weight_decay
         )
 
-    labels = param_labels(params, frozen_stages, freeze)
+    def scaled(mult):
+        return schedule if mult == 1.0 else (lambda step: schedule(step) * mult)
+
+    labels = param_labels(params, rules)
+    groups: dict[str, optax.GradientTransformation] = {
+        group_label(1.0): adamw(schedule), FROZEN: optax.set_to_zero()}
+    for _, value in rules:
+        if value != FROZEN:
+            groups.setdefault(group_label(value), adamw(scaled(float(value))))
     tx = optax.chain(
         optax.clip_by_global_norm(optim.clip_norm) if optim.clip_norm > 0 else optax.identity(),
-        optax.multi_transform(
-            {
-                "transformer": adamw(schedule),
-                "backbone": adamw(lambda step: schedule(step) * mult),
-                "frozen": optax.set_to_zero(),
-            },
-            labels,
-        ),
+        optax.multi_transform(groups, labels),
     )
     if freeze_backbone_steps > 0:
         from detr_jax.transfer import freeze_backbone_until
 
-        hold = freeze_backbone_until(int(freeze_backbone_steps), labels)
-        tx = optax.chain(hold, tx, freeze_backbone_until(int(freeze_backbone_steps), labels))
+        is_backbone = flax.traverse_util.unflatten_dict({
+            k: k[0] == "backbone" for k in flax.traverse_util.flatten_dict(params)})
+        hold = freeze_backbone_until(int(freeze_backbone_steps), is_backbone)
+        tx = optax.chain(hold, tx, freeze_backbone_until(int(freeze_backbone_steps), is_backbone))
     return tx, schedule

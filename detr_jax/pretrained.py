@@ -2,7 +2,7 @@
 
 A *params checkpoint* is a directory holding `state/` (an orbax pytree `{"params", "batch_stats"}`)
 and `meta.json` (`source`, `config_fields`: the config fields the weights imply, e.g.
-`model.backbone`, `num_classes`). Training checkpoints (`<workdir>/checkpoints/<step>/state`,
+`model.backbone.name`, `num_classes`). Training checkpoints (`<workdir>/checkpoints/<step>/state`,
 which also hold the optimiser state) are read the same way, so `init_from` accepts:
 
 - a params checkpoint directory (written by `python -m detr_jax.convert`);

@@ -33,13 +33,10 @@ from detr_jax.core.nonfinite import NonFiniteMonitor, NonFiniteStop  # noqa: F40
 from detr_jax.core.sharding import to_global  # noqa: F401 (re-exported)
 from detr_jax.core.writers import MetricWriter
 from detr_jax.data.prefetch import device_prefetch
-from detr_jax.dense_loss import dense_class_loss
 from detr_jax.evaluation.evaluator import Evaluator
 from detr_jax.evaluation.postprocess import postprocess
-from detr_jax.losses import detr_loss
-from detr_jax.matching import get_matcher
+from detr_jax.losses import build_criterion
 from detr_jax.models import build_model, init_variables, variable_shapes
-from detr_jax.models.query_groups import fold_query_groups
 
 
 @flax.struct.dataclass
@@ -60,14 +57,17 @@ def make_mesh(config: Any = None) -> Mesh:
 
 
 def make_optimizer_for(config: Any, model: nn.Module, rng: jax.Array) -> tuple[Any, Any]:
-    """(tx, schedule) for `model` as the train loop builds them, freeze options included."""
+    """(tx, schedule) for `model` as the train loop builds them: the parameter-group rules of
+    detr_jax/optim.py (freeze preset, the parts' rules, `optim.param_rules`), checked against
+    the model's real parameter paths."""
+    del rng
     params_shape = variable_shapes(model, tuple(config.image_buckets[0]))["params"]
+    rules = optim.optimizer_rules(config, model, params_shape)
     return optim.make_optimizer(
         config.optim,
         config.total_steps,
         params_shape,
-        config.model.backbone_frozen_stages,
-        freeze=config.freeze,
+        rules,
         freeze_backbone_steps=config.freeze_backbone_steps,
     )
 
@@ -90,47 +90,7 @@ def create_train_state(
     return jit_once(create)(rng)  # one cheap compile; eager init dispatches every op separately
 
 
-def loss_kwargs(config: Any) -> dict:
-    return dict(
-        num_classes=config.num_classes,
-        eos_coef=config.loss.eos_coef,
-        label_smoothing=config.loss.label_smoothing,
-        weight_ce=config.loss.weight_ce,
-        weight_bbox=config.loss.weight_bbox,
-        weight_giou=config.loss.weight_giou,
-        cost_class=config.matcher.cost_class,
-        cost_bbox=config.matcher.cost_bbox,
-        cost_giou=config.matcher.cost_giou,
-        aux_loss=config.loss.aux_loss,
-        dense_aux_weight=config.loss.dense_aux_weight if config.model.dense_aux_head else 0.0,
-        num_query_groups=config.model.num_query_groups,
-        num_queries=config.model.num_queries,
-    )
-
-
-def total_loss(outputs, batch, matcher, loss_cfg, query_valid=None):
-    """The DETR set loss plus, when the model has a dense head, its weighted dense class loss.
-
-    With Group DETR training groups, each group is matched on its own and their losses averaged;
-    the logged `class_error` and `cardinality_error` then also average over the groups.
-    """
-    cfg = dict(loss_cfg)
-    dense_weight = cfg.pop("dense_aux_weight", 0.0)
-    num_groups = cfg.pop("num_query_groups", 1)
-    num_queries = cfg.pop("num_queries", outputs["pred_logits"].shape[2])
-    # Training outputs carry all Group DETR groups; evaluation outputs only group 0.
-    if outputs["pred_logits"].shape[2] != num_groups * num_queries:
-        num_groups = 1
-    set_outputs, set_batch = fold_query_groups(outputs, batch, num_groups)
-    loss, metrics = detr_loss(set_outputs, set_batch, matcher, query_valid=query_valid, **cfg)
-    if dense_weight > 0 and "dense_logits" in outputs:
-        dense = dense_class_loss(
-            outputs["dense_logits"], outputs["dense_mask"], batch, cfg["num_classes"],
-            cfg["eos_coef"],
-        )
-        loss = loss + dense_weight * dense
-        metrics = dict(metrics, loss_dense=dense, loss=loss)
-    return loss, metrics
+_TARGET_KEYS = ("labels", "boxes", "box_valid")
 
 
 def _apply(model, state, params, batch, train, rng=None):
@@ -139,6 +99,7 @@ def _apply(model, state, params, batch, train, rng=None):
         variables["batch_stats"] = state.batch_stats
     kwargs = {}
     if train:
+        kwargs["targets"] = {k: batch[k] for k in _TARGET_KEYS}
         dropout_rng, droppath_rng = jax.random.split(rng)
         kwargs["rngs"] = {"dropout": dropout_rng, "droppath": droppath_rng}
         if state.batch_stats:
@@ -153,7 +114,7 @@ def _apply(model, state, params, batch, train, rng=None):
     return model.apply(variables, batch["image"], batch["pixel_mask"], train=train, **kwargs), {}
 
 
-def train_step(state, batch, *, model, tx, schedule, matcher, loss_cfg):
+def train_step(state, batch, *, model, tx, schedule, criterion):
     """One optimisation step on a global batch. Returns (new_state, metrics of scalars).
 
     A non-finite loss or gradient norm skips the update (params, statistics and optimiser state
@@ -163,7 +124,7 @@ def train_step(state, batch, *, model, tx, schedule, matcher, loss_cfg):
 
     def loss_fn(params):
         outputs, new_vars = _apply(model, state, params, batch, True, rng)
-        loss, metrics = total_loss(outputs, batch, matcher, loss_cfg)
+        loss, metrics = criterion(outputs, batch)
         return loss, (metrics, new_vars)
 
     (loss, (metrics, new_vars)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
@@ -191,11 +152,11 @@ def train_step(state, batch, *, model, tx, schedule, matcher, loss_cfg):
     return new_state, metrics
 
 
-def eval_step(state, batch, *, model, matcher, loss_cfg, top_k):
+def eval_step(state, batch, *, model, criterion, top_k):
     """Predictions for a batch (postprocessed, pixels of each original image) and eval losses."""
     outputs, _ = _apply(model, state, state.params, batch, False)
     valid_q = jnp.broadcast_to(batch["image_valid"][:, None], outputs["pred_logits"].shape[1:3])
-    _, metrics = total_loss(outputs, batch, matcher, loss_cfg, query_valid=valid_q)
+    _, metrics = criterion(outputs, batch, query_valid=valid_q)
     post = postprocess(
         outputs["pred_logits"][-1], outputs["pred_boxes"][-1], batch["orig_size"], top_k
     )
@@ -210,15 +171,14 @@ def make_steps(config, model, tx, schedule, mesh, state):
     `sharding.state_shardings` (replicated unless mesh fsdp > 1); batches are split over all
     devices; the metrics and eval outputs come back replicated.
     """
-    matcher = get_matcher(config.matcher.name)
-    loss_cfg = loss_kwargs(config)
+    criterion = build_criterion(config)
     replicated = sharding.replicated(mesh)
     data_sharding = sharding.batch_sharding(mesh)
     state_sharding = sharding.state_shardings(state, mesh)
     options = step_compiler_options(config.get("xla_cpu_ynnpack", False))
     p_train = jax.jit(
         functools.partial(
-            train_step, model=model, tx=tx, schedule=schedule, matcher=matcher, loss_cfg=loss_cfg
+            train_step, model=model, tx=tx, schedule=schedule, criterion=criterion
         ),
         in_shardings=(state_sharding, data_sharding),
         out_shardings=(state_sharding, replicated),
@@ -229,9 +189,8 @@ def make_steps(config, model, tx, schedule, mesh, state):
         functools.partial(
             eval_step,
             model=model,
-            matcher=matcher,
-            loss_cfg=loss_cfg,
-            top_k=min(config.eval.top_k, config.model.num_queries),
+            criterion=criterion,
+            top_k=min(config.eval.top_k, config.model.queries.num_queries),
         ),
         in_shardings=(state_sharding, data_sharding),
         out_shardings=(replicated, replicated),

@@ -12,7 +12,7 @@ workdirs / checkpoint directories (see `detr_jax/pretrained.py`). Modes:
 
 BatchNorm names are adapted between our frozen BN (params `weight`, `bias`, `running_mean`,
 `running_var`) and flax BatchNorm (params `scale`, `bias`; batch_stats `mean`, `var`), so a
-converted (frozen-BN) backbone can initialise a `model.backbone_norm="bn"` model and vice versa.
+converted (frozen-BN) backbone can initialise a `model.backbone.norm="bn"` model and vice versa.
 A resumed run (the workdir already holds a checkpoint) ignores `init_from`.
 """
 
@@ -171,8 +171,9 @@ def init_from_checkpoint(config: Any, state: Any) -> Any:
     return state.replace(params=params, batch_stats=stats if state.batch_stats else {})
 
 
-def freeze_backbone_until(steps: int, labels: Any):
-    """An optax transformation zeroing the updates of the "backbone" labelled leaves while its
+def freeze_backbone_until(steps: int, is_backbone: Any):
+    """An optax transformation zeroing the updates of the leaves `is_backbone` (a bool pytree
+    shaped like the params) marks while its
     step count is below `steps` (put it first, on the gradients, and last, on the updates, so
     that neither clipping, Adam's moments nor weight decay touch the frozen backbone)."""
     import optax
@@ -185,9 +186,9 @@ def freeze_backbone_until(steps: int, labels: Any):
         del params
         frozen = state["count"] < steps
         updates = jax.tree.map(
-            lambda u, label: jnp.where(frozen & (label == "backbone"), jnp.zeros_like(u), u),
+            lambda u, bb: jnp.where(frozen & bb, jnp.zeros_like(u), u) if bb else u,
             updates,
-            labels,
+            is_backbone,
         )
         return updates, {"count": state["count"] + 1}
 

@@ -75,8 +75,8 @@ def main(names: list[str]) -> None:
     t0 = time.time()
     # Cheap to compile: the backbone's backward pass is what costs, so it stops after layer2
     # (BatchNorm still normalises with the global batch statistics in every stage).
-    config = tiny_config(**{"batch_size": 8, "model.enc_layers": 0, "model.dec_layers": 2,
-                            "model.backbone_frozen_stages": 3,
+    config = tiny_config(**{"batch_size": 8, "model.transformer.enc_layers": 0, "model.transformer.dec_layers": 2,
+                            "model.backbone.frozen_stages": 3,
                             "matcher.name": "hungarian_scipy"})  # the default: a host callback
     model = build_model(config)
     rng = jax.random.PRNGKey(0)

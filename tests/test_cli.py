@@ -62,7 +62,7 @@ def test_config_validation_names_fields():
 
     c = tiny_config(
         **{
-            "model.num_queries": 8,
+            "model.queries.num_queries": 8,
             "max_boxes": 8,
             "matcher.name": "nope",
             "optim.lr": -1.0,
@@ -72,7 +72,7 @@ def test_config_validation_names_fields():
     with pytest.raises(ConfigError) as e:
         validate_config(c, num_devices=4)
     msg = str(e.value)
-    for field in ("model.num_queries", "matcher.name", "optim.lr", "batch_size"):
+    for field in ("model.queries.num_queries", "matcher.name", "optim.lr", "batch_size"):
         assert field in msg
     assert "hungarian_scipy" in msg  # the choices are listed
 

@@ -33,9 +33,9 @@ def test_tiny_config_is_valid(tmp_path):
 @pytest.mark.parametrize(
     "overrides, field, allowed",
     [
-        ({"model.num_queries": 8, "max_boxes": 8}, "model.num_queries=8", "max_boxes=8"),
+        ({"model.queries.num_queries": 8, "max_boxes": 8}, "model.queries.num_queries=8", "max_boxes=8"),
         ({"matcher.name": "munkres"}, "matcher.name='munkres'", "hungarian_scipy"),
-        ({"model.backbone": "vgg16"}, "model.backbone='vgg16'", "resnet50"),
+        ({"model.backbone.name": "vgg16"}, "model.backbone.name='vgg16'", "resnet50"),
         ({"dataset": "voc"}, "dataset='voc'", "'shapes', 'coco'"),
         ({"shapes.spec": "tiny"}, "shapes.spec='tiny'", "standard"),
         ({"optim.lr": 0.0}, "optim.lr=0.0", "> 0"),

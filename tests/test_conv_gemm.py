@@ -8,9 +8,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from conftest import tiny_config
+from detr_jax.models.backbone import conv_norm
 
 from detr_jax.models import build_model
-from detr_jax.models.backbone import conv_norm
 from detr_jax.models.conv import conv_gemm_wgrad
 
 
@@ -49,9 +49,9 @@ def test_model_with_gemm_gradients_and_folded_bn_matches_the_default():
     """Frozen BN with non-trivial statistics: same parameter tree, outputs and gradients.
 
     Slow (two model compiles, ~25 s); the unit tests above cover each piece by default."""
-    base = {"model.backbone_norm": "frozen_bn", "model.dropout": 0.0}
+    base = {"model.backbone.norm": "frozen_bn", "model.transformer.dropout": 0.0}
     config = tiny_config(**base)
-    fast = tiny_config(**base, **{"model.conv_weight_grad": "gemm", "model.fold_frozen_bn": True})
+    fast = tiny_config(**base, **{"model.backbone.conv_weight_grad": "gemm", "model.backbone.fold_bn": True})
     images = jnp.asarray(np.random.default_rng(0).normal(size=(2, 64, 64, 3)), jnp.float32)
     mask = jnp.ones((2, 64, 64), bool).at[1, 40:].set(False)
     model, model_fast = build_model(config), build_model(fast)
@@ -125,5 +125,5 @@ def test_folded_frozen_bn_matches_conv_then_bn():
 
 
 def test_unknown_weight_grad_is_a_config_error():
-    with pytest.raises(ValueError, match="model.conv_weight_grad"):
-        build_model(tiny_config(**{"model.conv_weight_grad": "fft"}))
+    with pytest.raises(ValueError, match="model.backbone.conv_weight_grad"):
+        build_model(tiny_config(**{"model.backbone.conv_weight_grad": "fft"}))

@@ -12,6 +12,7 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
 import hf_reference as ref  # noqa: E402
+from detr_jax.models.backbone import ResNet  # noqa: E402
 
 from detr_jax.convert import (  # noqa: E402
     ConversionError,
@@ -20,7 +21,6 @@ from detr_jax.convert import (  # noqa: E402
 )
 from detr_jax.convert.__main__ import main as convert_main  # noqa: E402
 from detr_jax.convert.detr import _hf_resnet_key_to_torchvision  # noqa: E402
-from detr_jax.models.backbone import ResNet  # noqa: E402
 from detr_jax.pretrained import load_params_checkpoint  # noqa: E402
 
 
@@ -43,7 +43,7 @@ def test_facebook_layout_from_hf_converts_to_identical_params(hf_small):
     p_hf, f_hf = convert_state_dict(sd, "hf")
     p_fb, f_fb = convert_state_dict(fb, "facebook")
     assert _equal(p_hf, p_fb) and f_hf == f_fb
-    assert f_hf["model.backbone"] == "resnet18" and f_hf["num_classes"] == 5
+    assert f_hf["model.backbone.name"] == "resnet18" and f_hf["num_classes"] == 5
 
 
 def test_missing_and_unexpected_keys_are_listed(hf_small):
@@ -65,7 +65,7 @@ def test_cli_converts_hf_directory_and_facebook_pth(hf_small, tmp_path):
     params, _, meta = load_params_checkpoint(str(tmp_path / "out_hf"))
     flat = flax.traverse_util.flatten_dict(params, sep="/")
     assert _equal(flat, convert_state_dict(sd, "hf")[0])
-    assert meta["config_fields"]["model.nheads"] == 4  # from the HF config.json
+    assert meta["config_fields"]["model.transformer.nheads"] == 4  # from the HF config.json
 
     fb = {k: torch.from_numpy(v) for k, v in hf_to_facebook_state_dict(sd).items()}
     torch.save(
@@ -99,7 +99,7 @@ def test_resnet_backbone_only_hf_and_torchvision_layouts_match_hf_resnet():
                 m.running_var.copy_(torch.rand(n, generator=g) + 0.5)
     sd = {k: v.numpy() for k, v in net.state_dict().items()}
     params, fields = convert_state_dict(sd, "hf_resnet")
-    assert fields == {"model.backbone": "resnet18", "model.backbone_width": 8}
+    assert fields == {"model.backbone.name": "resnet18", "model.backbone.width": 8}
 
     # The same weights under torchvision names (plus its classifier, which is ignored).
     tv = {

@@ -68,7 +68,7 @@ def _randomised_variables(model, rng, images, mask):
 @pytest.mark.parametrize("norm", ["bn", "gn", "frozen_bn"])
 def test_padding_invariance_eval_mode(norm):
     """One image, alone and padded into a larger canvas: the same predictions (<= 1e-4)."""
-    config = tiny_config(**{"model.backbone_norm": norm, "model.dilation": norm == "bn"})
+    config = tiny_config(**{"model.backbone.norm": norm, "model.backbone.dilation": norm == "bn"})
     model = build_model(config)
     h, w = 70, 50
     image = jax.random.normal(jax.random.PRNGKey(0), (1, h, w, 3))
@@ -85,7 +85,7 @@ def test_padding_invariance_eval_mode(norm):
 
 def test_padding_changes_output_without_feature_masking():
     """The invariance above comes from the feature masking: without it, padding leaks."""
-    config = tiny_config(**{"model.mask_backbone_features": False})
+    config = tiny_config(**{"model.backbone.mask_features": False})
     model = build_model(config)
     image = jax.random.normal(jax.random.PRNGKey(0), (1, 70, 50, 3))
     variables = _randomised_variables(
@@ -106,7 +106,7 @@ def test_output_shapes_and_ranges():
     mask = jnp.ones((2, 96, 96), bool).at[1, 60:].set(False)
     variables = jit_once(model.init)({"params": jax.random.PRNGKey(0)}, images, mask)
     out = jax.jit(model.apply)(variables, images, mask)
-    L, Q, C = config.model.dec_layers, config.model.num_queries, config.num_classes
+    L, Q, C = config.model.transformer.dec_layers, config.model.queries.num_queries, config.num_classes
     assert out["pred_logits"].shape == (L, 2, Q, C + 1)
     assert out["pred_boxes"].shape == (L, 2, Q, 4)
     assert bool(jnp.all((out["pred_boxes"] >= 0) & (out["pred_boxes"] <= 1)))

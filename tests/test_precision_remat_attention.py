@@ -55,7 +55,7 @@ def _loss_and_grads(config, variables, batch):
 def ref():
     """fp32, einsum attention, no remat, no dropout: config, batch, variables, eval outputs,
     training loss and gradients (shared by the comparisons below)."""
-    config = tiny_config(**{"model.dropout": 0.0})
+    config = tiny_config(**{"model.transformer.dropout": 0.0})
     batch = _batch(config)
     model, variables = _variables(config, batch)
     out = jax.jit(model.apply)(variables, batch["image"], batch["pixel_mask"])
@@ -64,7 +64,7 @@ def ref():
 
 
 def _variant(**overrides):
-    return tiny_config(**{"model.dropout": 0.0, **overrides})
+    return tiny_config(**{"model.transformer.dropout": 0.0, **overrides})
 
 
 def test_bfloat16_forward_is_float32_out_close_to_float32_and_params_stay_float32(ref):
@@ -121,19 +121,19 @@ def test_remat_gives_the_same_loss_and_gradients(ref):
 
 @pytest.mark.slow
 def test_remat_with_dropout_gives_the_same_loss_and_gradients():
-    config = tiny_config(**{"model.dropout": 0.1, "model.drop_path": 0.1})
+    config = tiny_config(**{"model.transformer.dropout": 0.1, "model.transformer.drop_path": 0.1})
     batch = _batch(config)
     _, variables = _variables(config, batch)
     loss, grads = _loss_and_grads(config, variables, batch)
     remat = {f"model.remat_{part}": True for part in ("backbone", "encoder", "decoder")}
-    config_r = tiny_config(**{"model.dropout": 0.1, "model.drop_path": 0.1, **remat})
+    config_r = tiny_config(**{"model.transformer.dropout": 0.1, "model.transformer.drop_path": 0.1, **remat})
     _assert_same_loss_and_grads((config, batch, variables, None, loss, grads), config_r)
 
 
 def test_dot_product_attention_matches_einsum_path(ref):
     """Eval outputs, training loss and gradients within 1e-5 (padded keys in the batch)."""
     _, batch, variables, out, _, _ = ref
-    config = _variant(**{"model.attention_impl": "dot_product"})
+    config = _variant(**{"model.transformer.attention_impl": "dot_product"})
     got = jax.jit(build_model(config).apply)(variables, batch["image"], batch["pixel_mask"])
     for k in ("pred_logits", "pred_boxes"):
         np.testing.assert_allclose(np.asarray(got[k]), np.asarray(out[k]), atol=1e-5)
@@ -143,7 +143,7 @@ def test_dot_product_attention_matches_einsum_path(ref):
 def test_attention_maps_still_come_out_with_dot_product_attention(ref):
     """The Predictor asks for `intermediates`: the explicit path runs and sows the weights."""
     variables = ref[2]
-    model = build_model(_variant(**{"model.attention_impl": "dot_product"}))
+    model = build_model(_variant(**{"model.transformer.attention_impl": "dot_product"}))
     image = (np.random.default_rng(0).random((96, 96, 3)) * 255).astype(np.uint8)
     out = Predictor(model, variables)(image, score_threshold=0.0)
     assert out["cross_attention"].shape[0] == len(out["queries"]) > 0

@@ -44,7 +44,7 @@ def test_predict_writes_coco_results_and_pictures(setup):
     out = str(tmp / "out")
     # A random model: threshold 0 keeps every query, so every output kind is produced.
     results = run(config, ckpt, images, out, score_threshold=0.0, max_attention_maps=2)
-    assert len(results) == len(images) * config.model.num_queries
+    assert len(results) == len(images) * config.model.queries.num_queries
     saved = json.load(open(os.path.join(out, "detections.json")))
     assert saved == json.loads(json.dumps(results))
     gt = COCO(ann)

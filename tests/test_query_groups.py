@@ -5,12 +5,12 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
+from detr_jax.models.query_groups import fold_query_groups, group_self_attn_mask
 
 from detr_jax.core.compile_options import jit_once
 from detr_jax.losses import detr_loss
 from detr_jax.matching import HungarianScipyMatcher
 from detr_jax.models import build_model
-from detr_jax.models.query_groups import fold_query_groups, group_self_attn_mask
 from detr_jax.train import loss_kwargs, total_loss
 from tests.conftest import tiny_config
 
@@ -65,7 +65,7 @@ def test_folded_loss_is_the_mean_of_each_group_matched_alone():
 
 
 def test_model_runs_all_groups_in_training_and_group_zero_in_eval():
-    config = tiny_config(**{"model.num_query_groups": 3})
+    config = tiny_config(**{"model.queries.num_groups": 3})
     model = build_model(config)
     images = jnp.zeros((2, 32, 32, 3))
     pixel_mask = jnp.ones((2, 32, 32), bool)
@@ -73,7 +73,7 @@ def test_model_runs_all_groups_in_training_and_group_zero_in_eval():
         jax.random.PRNGKey(0), images, pixel_mask, train=False
     )
     apply = jax.jit(model.apply, static_argnames=("train", "mutable"))  # eager is ~10x slower
-    q = config.model.num_queries
+    q = config.model.queries.num_queries
     assert variables["params"]["group_query_embed"].shape == (2 * q, config.model.hidden_dim)
     out_eval = apply(variables, images, pixel_mask, train=False)
     assert out_eval["pred_logits"].shape[2] == q

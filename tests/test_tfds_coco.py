@@ -159,7 +159,7 @@ def test_train_and_evaluate_on_mock_coco(tmp_path, monkeypatch):
     c.transforms.select_scales, c.transforms.crop_min, c.transforms.crop_max = [32], 16, 32
     c.transforms.eval_size = 48
     c.coco.max_val_images, c.coco.num_workers, c.coco.shuffle_buffer = 4, 2, 4
-    c.max_boxes, c.model.num_queries = 60, 64  # mock images carry up to ~50 objects
+    c.max_boxes, c.model.queries.num_queries = 60, 64  # mock images carry up to ~50 objects
     with tfds.testing.mock_data(num_examples=6):
         metrics = train.train_and_evaluate(c, str(tmp_path))
     assert "AP" in metrics

@@ -39,7 +39,7 @@ def tiny():
     """One tiny config, model, initial state and jitted train step shared by the tests below."""
     from detr_jax.matching import get_matcher
 
-    config = tiny_config(**{"model.dropout": 0.0, "optim.lr": 1e-3})
+    config = tiny_config(**{"model.transformer.dropout": 0.0, "optim.lr": 1e-3})
     model, tx, schedule, state = _setup(config)
     step = jax.jit(
         functools.partial(
@@ -115,8 +115,8 @@ def test_nonfinite_batch_skips_the_update(tiny):
 def test_frozen_parameters_get_exactly_zero_updates_and_backbone_lr_multiplier():
     config = tiny_config(
         **{
-            "model.backbone_norm": "frozen_bn",
-            "model.backbone_frozen_stages": 2,
+            "model.backbone.norm": "frozen_bn",
+            "model.backbone.frozen_stages": 2,
             "optim.weight_decay": 0.0,
             "optim.backbone_lr_mult": 0.1,
             "optim.clip_norm": 0.0,
@@ -132,7 +132,7 @@ def test_frozen_parameters_get_exactly_zero_updates_and_backbone_lr_multiplier()
     assert labels["backbone"]["layer2_0"]["bn1"]["weight"] == "frozen"
     assert labels["class_embed"]["kernel"] == "transformer"
     # Trainable norms (from scratch) are trained, biases included.
-    _, _, _, bn_state = _setup(tiny_config(**{"model.backbone_norm": "bn"}))
+    _, _, _, bn_state = _setup(tiny_config(**{"model.backbone.norm": "bn"}))
     bn_labels = optim.param_labels(bn_state.params, 0)
     assert bn_labels["backbone"]["layer2_0"]["bn1"]["bias"] == "backbone"
     assert bn_labels["backbone"]["bn1"]["scale"] == "backbone"

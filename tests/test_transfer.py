@@ -27,7 +27,7 @@ def _flat(tree):
 @pytest.fixture(scope="module")
 def source():
     """A frozen-BN tiny DETR with 6 classes, saved as a params checkpoint."""
-    config = tiny_config(**{"model.backbone_norm": "frozen_bn"})
+    config = tiny_config(**{"model.backbone.norm": "frozen_bn"})
     return config, _variables(config, 1)
 
 
@@ -35,7 +35,7 @@ def test_all_mode_reinitialises_class_head_for_new_num_classes(source, tmp_path)
     _, src = source
     save_params_checkpoint(str(tmp_path / "ck"), src["params"], {"source": "test"})
     config = tiny_config(
-        **{"model.backbone_norm": "frozen_bn", "num_classes": 3, "init_from": str(tmp_path / "ck")}
+        **{"model.backbone.norm": "frozen_bn", "num_classes": 3, "init_from": str(tmp_path / "ck")}
     )
     fresh = _variables(config, 2)
     state = TrainState(
@@ -56,7 +56,7 @@ def test_all_mode_reinitialises_class_head_for_new_num_classes(source, tmp_path)
 def test_backbone_mode_and_norm_adaptation(source):
     """Frozen-BN weights into a trainable-BN model: statistics go to batch_stats."""
     _, src = source
-    config = tiny_config(**{"model.backbone_norm": "bn"})
+    config = tiny_config(**{"model.backbone.norm": "bn"})
     fresh = _variables(config, 3)
     params, stats, report = merge_pretrained(
         fresh["params"], fresh["batch_stats"], src["params"], {}, "backbone"
@@ -74,7 +74,7 @@ def test_backbone_mode_and_norm_adaptation(source):
 
 def test_shape_mismatch_outside_class_head_is_listed(source):
     _, src = source
-    config = tiny_config(**{"model.backbone_norm": "frozen_bn", "model.num_queries": 12})
+    config = tiny_config(**{"model.backbone.norm": "frozen_bn", "model.queries.num_queries": 12})
     fresh = _variables(config, 4)
     with pytest.raises(
         InitFromError, match="query_embed: checkpoint \\(10, 32\\) vs model \\(12, 32\\)"

@@ -53,7 +53,7 @@ def convert_state_dict(
 def config_for(fields: dict[str, Any], **model_overrides: Any):
     """base_config() with `fields` (dotted names) and `model.<k>` overrides applied."""
     config = base_config()
-    config.model.backbone_norm = "frozen_bn"
+    config.model.backbone.norm = "frozen_bn"
     for k, v in fields.items():
         set_field(config, k, v)
     for k, v in model_overrides.items():
@@ -99,16 +99,17 @@ def write_checkpoint(
     """Validates the converted params against the model they imply and writes them to `out_dir`.
 
     The checkpoint's `meta.json` lists the implied config fields (`config_fields`), including
-    `model.nheads`, `model.dilation`, `model.backbone_norm = "frozen_bn"` and
-    `model.mask_backbone_features = False` (the original's forward pass).
+    `model.transformer.nheads`, `model.backbone.dilation`, `model.backbone.norm = "frozen_bn"` and
+    `model.backbone.mask_features = False` (the original's forward pass).
     """
     fields = dict(fields)
     backbone_only = source.endswith("_resnet")
     if not backbone_only:
-        fields.update({"model.nheads": int(nheads), "model.dilation": bool(dilation)})
-    fields["model.backbone_norm"] = "frozen_bn"
+        fields.update({"model.transformer.nheads": int(nheads),
+                       "model.backbone.dilation": bool(dilation)})
+    fields["model.backbone.norm"] = "frozen_bn"
     # The weights were trained on unmasked backbone activations (as the original computes).
-    fields["model.mask_backbone_features"] = False
+    fields["model.backbone.mask_features"] = False
     check_against_model(params, config_for(fields), backbone_only)
     meta = {"source": source, "backbone_only": backbone_only, "config_fields": fields}
     return save_params_checkpoint(out_dir, params, meta)

@@ -314,15 +314,15 @@ def infer_model_fields(params: dict[str, np.ndarray], backbone: dict[str, int]) 
     ffn = [k for k in keys if k.endswith("ffn/linear1/bias")]
     return {
         "num_classes": int(params["class_embed/bias"].shape[0]) - 1,
-        "model.backbone": f"resnet{backbone['depth']}",
-        "model.backbone_width": backbone["width"],
+        "model.backbone.name": f"resnet{backbone['depth']}",
+        "model.backbone.width": backbone["width"],
         "model.hidden_dim": int(params["query_embed"].shape[1]),
-        "model.num_queries": int(params["query_embed"].shape[0]),
-        "model.enc_layers": _count(keys, r"transformer/encoder_layers_(\d+)/"),
-        "model.dec_layers": _count(keys, r"transformer/decoder_layers_(\d+)/"),
-        "model.dim_feedforward": int(params[ffn[0]].shape[0]) if ffn else 2048,
-        "model.pre_norm": "transformer/encoder_norm/scale" in params,
-        "model.position_embedding": (
+        "model.queries.num_queries": int(params["query_embed"].shape[0]),
+        "model.transformer.enc_layers": _count(keys, r"transformer/encoder_layers_(\d+)/"),
+        "model.transformer.dec_layers": _count(keys, r"transformer/decoder_layers_(\d+)/"),
+        "model.transformer.dim_feedforward": int(params[ffn[0]].shape[0]) if ffn else 2048,
+        "model.transformer.pre_norm": "transformer/encoder_norm/scale" in params,
+        "model.neck.position_embedding": (
             "learned" if "position_embedding/row_embed/embedding" in params else "sine"
         ),
     }

@@ -19,7 +19,7 @@ from collections.abc import Callable
 
 import numpy as np
 
-from detr_jax.models.backbone import RESNET_SPECS
+from detr_jax.models.backbones.resnet import RESNET_SPECS
 
 BN_ARRAYS = ("weight", "bias", "running_mean", "running_var")
 LAYOUTS = ("torchvision", "hf")

@@ -1,4 +1,12 @@
-"""Models, picked by name from the config: `build_model(config)`."""
+"""Models, assembled from parts picked by name: `build_model(config)`.
+
+`config.model` holds the detector-wide fields (`name`, `hidden_dim`, `dtype`) and one sub-dict per
+part (`backbone`, `neck`, `transformer`, `queries`, `heads`). Each sub-dict's `name` picks the
+part from its registry and its other fields are the part's keyword arguments, unrenamed; the
+builder adds `hidden_dim`, `dtype`, `num_classes` (from `config.num_classes`) and the backbone's
+`return_levels` (what the neck reads) to the parts that declare them. An unknown field stops
+the build with a line naming it (detr_jax/models/registry.py).
+"""
 
 from __future__ import annotations
 
@@ -8,69 +16,72 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from detr_jax.models.backbone import BACKBONE_CHOICES
-from detr_jax.models.conv import WEIGHT_GRAD_CHOICES
-from detr_jax.models.detr import DETR
-from detr_jax.models.transformer import ATTENTION_CHOICES
+from detr_jax.models.backbones import BACKBONES
+from detr_jax.models.detector import SetDetector
+from detr_jax.models.heads import HEADS
+from detr_jax.models.necks import NECKS
+from detr_jax.models.queries import QUERY_GENERATORS
+from detr_jax.models.registry import PartConfigError, Registry
+from detr_jax.models.transformers import TRANSFORMERS
 
-MODEL_CHOICES = ("detr",)
-_DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+# Detector name -> its class; every detector is handed the parts below.
+DETECTORS: dict[str, type[nn.Module]] = {"detr": SetDetector}
+MODEL_CHOICES = tuple(DETECTORS)
+PARTS: dict[str, Registry] = {
+    "neck": NECKS,  # first: it says which backbone levels to build
+    "backbone": BACKBONES,
+    "transformer": TRANSFORMERS,
+    "queries": QUERY_GENERATORS,
+    "heads": HEADS,
+}
+MODEL_FIELDS = ("name", "hidden_dim", "dtype", *PARTS)
 
 
-def build_model(config: Any) -> DETR:
-    """Builds the model named by `config.model.name` (with `config.model`, `config.num_classes`).
-
-    Only attribute access is used, so any namespace with the fields works (no ml_collections
-    needed); fields added later (`attention_impl`, `remat_*`, `conv_weight_grad`,
-    `fold_frozen_bn`) default when absent.
-    """
+def model_problems(config: Any) -> list[str]:
+    """One line per problem with `config.model` that stops `build_model` (empty when none)."""
     m = config.model
-    if m.name not in MODEL_CHOICES:
-        raise ValueError(f"model.name={m.name!r}; choose one of {MODEL_CHOICES}")
-    if m.backbone not in BACKBONE_CHOICES:
-        raise ValueError(f"model.backbone={m.backbone!r}; choose one of {BACKBONE_CHOICES}")
-    if m.dtype not in _DTYPES:
-        raise ValueError(f"model.dtype={m.dtype!r}; choose one of {tuple(_DTYPES)}")
-    if getattr(m, "conv_weight_grad", "xla") not in WEIGHT_GRAD_CHOICES:
-        raise ValueError(
-            f"model.conv_weight_grad={m.conv_weight_grad!r}; choose one of {WEIGHT_GRAD_CHOICES}"
-        )
-    attention_impl = getattr(m, "attention_impl", "xla")
-    if attention_impl not in ATTENTION_CHOICES:
-        raise ValueError(
-            f"model.attention_impl={attention_impl!r}; choose one of {ATTENTION_CHOICES}"
-        )
-    return DETR(
-        num_classes=config.num_classes,
-        num_queries=m.num_queries,
-        hidden_dim=m.hidden_dim,
-        nheads=m.nheads,
-        enc_layers=m.enc_layers,
-        dec_layers=m.dec_layers,
-        dim_feedforward=m.dim_feedforward,
-        dropout=m.dropout,
-        drop_path=m.drop_path,
-        pre_norm=m.pre_norm,
-        backbone_depth=int(m.backbone.removeprefix("resnet")),
-        backbone_width=m.backbone_width,
-        backbone_norm=m.backbone_norm,
-        dilation=m.dilation,
-        backbone_frozen_stages=m.backbone_frozen_stages,
-        zero_init_residual=m.zero_init_residual,
-        mask_backbone_features=m.mask_backbone_features,
-        position_embedding=m.position_embedding,
-        query_init_std=m.query_init_std,
-        dense_aux_head=m.dense_aux_head,
-        feature_level=m.feature_level,
-        num_query_groups=m.num_query_groups,
-        dtype=_DTYPES[m.dtype],
-        attention_impl=attention_impl,
-        remat_backbone=bool(getattr(m, "remat_backbone", False)),
-        remat_encoder=bool(getattr(m, "remat_encoder", False)),
-        remat_decoder=bool(getattr(m, "remat_decoder", False)),
-        conv_weight_grad=getattr(m, "conv_weight_grad", "xla"),
-        fold_frozen_bn=bool(getattr(m, "fold_frozen_bn", False)),
-    )
+    lines = [f"model.{k}: not a model field; fields: {MODEL_FIELDS}"
+             for k in m if k not in MODEL_FIELDS]
+    lines += [f"model.{k} is missing" for k in MODEL_FIELDS if k not in m]
+    if lines:
+        return lines
+    if m.name not in DETECTORS:
+        lines.append(f"model.name={m.name!r}; choose one of {MODEL_CHOICES}")
+    if m.dtype not in DTYPES:
+        lines.append(f"model.dtype={m.dtype!r}; choose one of {tuple(DTYPES)}")
+    shared = _shared(config, return_levels=())
+    for part, registry in PARTS.items():
+        sub = m[part]
+        if not hasattr(sub, "keys"):
+            lines.append(f"model.{part}={sub!r} must be a sub-dict with a `name` "
+                         f"(one of {tuple(registry)})")
+            continue
+        lines += registry.problems(sub, f"model.{part}", shared)
+    return lines
+
+
+def _shared(config: Any, **derived: Any) -> dict[str, Any]:
+    m = config.model
+    return dict(hidden_dim=m.hidden_dim, dtype=DTYPES.get(m.dtype), num_classes=config.num_classes,
+                **derived)
+
+
+def build_model(config: Any) -> nn.Module:
+    """The detector `config.model.name` names, handed the parts its sub-dicts name.
+
+    Only attribute and item access is used, so any mapping-like config works (no
+    ml_collections needed). Raises PartConfigError naming the first bad fields.
+    """
+    lines = model_problems(config)
+    if lines:
+        raise PartConfigError("; ".join(lines))
+    m = config.model
+    neck = NECKS.build(m.neck, "model.neck", **_shared(config))
+    shared = _shared(config, return_levels=neck.input_levels)
+    parts = {part: registry.build(m[part], f"model.{part}", **shared)
+             for part, registry in PARTS.items() if part != "neck"}
+    return DETECTORS[m.name](neck=neck, **parts)
 
 
 def init_variables(model: nn.Module, image_hw: tuple[int, int], rng: jax.Array) -> dict:
@@ -89,3 +100,8 @@ def init_variables(model: nn.Module, image_hw: tuple[int, int], rng: jax.Array) 
 def variable_shapes(model: nn.Module, image_hw: tuple[int, int] = (64, 64)) -> dict:
     """`init_variables` as `jax.ShapeDtypeStruct`s, without running or compiling the model."""
     return jax.eval_shape(lambda r: init_variables(model, image_hw, r), jax.random.PRNGKey(0))
+
+
+__all__ = ["BACKBONES", "DETECTORS", "DTYPES", "HEADS", "MODEL_CHOICES", "NECKS", "PARTS",
+           "PartConfigError", "QUERY_GENERATORS", "TRANSFORMERS", "build_model", "init_variables",
+           "model_problems", "variable_shapes"]

@@ -109,7 +109,8 @@ class Conv2d(nn.Module):
         """x [B,H,W,Cin]; optional scale/shift [Cout] (folded affine) -> [B,Ho,Wo,Cout]."""
         if self.weight_grad not in WEIGHT_GRAD_CHOICES:
             raise ValueError(
-                f"model.conv_weight_grad={self.weight_grad!r}; choose one of {WEIGHT_GRAD_CHOICES}"
+                f"model.backbone.conv_weight_grad={self.weight_grad!r}; choose one of "
+                f"{WEIGHT_GRAD_CHOICES}"
             )
         k = self.kernel_size
         kernel = self.param("kernel", self.kernel_init, (k, k, x.shape[-1], self.features))

@@ -99,7 +99,7 @@ def make_norm(
             name=name,
         )
         return lambda x, mask: gn(x, mask=None if mask is None else jnp.broadcast_to(mask, x.shape))
-    raise ValueError(f"model.backbone_norm={kind!r}; choose one of {NORM_CHOICES}")
+    raise ValueError(f"model.backbone.norm={kind!r}; choose one of {NORM_CHOICES}")
 
 
 def _largest_divisor_at_most(n: int, k: int) -> int:

@@ -68,7 +68,7 @@ class LearnedPositionEmbedding(nn.Module):
         if h > self.max_size or w > self.max_size:
             raise ValueError(
                 f"feature map {h}x{w} exceeds the learned position table ({self.max_size}); "
-                "use model.position_embedding='sine'"
+                "use model.neck.position_embedding='sine'"
             )
         init = nn.initializers.uniform(1.0)
         row = nn.Embed(self.max_size, self.hidden_dim // 2, embedding_init=init, name="row_embed")

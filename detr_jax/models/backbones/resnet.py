@@ -20,6 +20,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 
+from detr_jax.models.backbones.base import Feature, resize_mask_nearest
 from detr_jax.models.conv import Conv2d
 from detr_jax.models.norms import NORM_CHOICES, FrozenBatchNorm, make_norm
 
@@ -136,7 +137,10 @@ class ResNet(nn.Module):
         ..., 5 all. Gradients are stopped after the last frozen stage (and the optimiser gives the
         frozen parameters exactly zero updates).
       zero_init_residual: the last norm of each residual branch starts at zero (from scratch).
-      mask_features: zero activations outside the real pixels (padding invariance).
+      mask_features: zero activations outside the real pixels (padding invariance), and return
+        the strided pixel mask with each level; without it the level's mask is the pixel mask
+        resized (nearest), as the original and HF do (the same mask whenever the canvas is a
+        multiple of the stride).
       return_levels: which of "C2".."C5" (stride 4, 8, 16, 32, halved for the dilated level)
         to return. Stages deeper than the deepest level asked for are not built.
       remat: rematerialise each residual block in the backward pass (`nn.remat`); the same
@@ -159,15 +163,29 @@ class ResNet(nn.Module):
     conv_weight_grad: str = "xla"
     fold_bn: bool = False
 
+    def param_rules(self) -> list[tuple[str, str]]:
+        """Parameter-group rules this backbone implies, as (regex on paths inside the backbone,
+        "frozen"): its FrozenBatchNorm arrays, and the stages `frozen_stages` freezes (the
+        optimiser gives them exactly zero updates; see detr_jax/optim.py)."""
+        rules = []
+        if self.norm == "frozen_bn":
+            rules.append((r"^(.*/)?(bn\d+|downsample_1)/", "frozen"))
+        stages = ("conv1", "bn1", r"layer1_\d+", r"layer2_\d+", r"layer3_\d+", r"layer4_\d+")
+        n = {0: 0, 1: 2, 2: 3, 3: 4, 4: 5, 5: 6}[int(self.frozen_stages)]
+        if n:
+            rules.append((f"^({'|'.join(stages[:n])})/", "frozen"))
+        return rules
+
     @nn.compact
     def __call__(
         self, images: jax.Array, pixel_mask: jax.Array, train: bool = False
-    ) -> dict[str, tuple[jax.Array, jax.Array]]:
-        """images [B, H, W, 3], pixel_mask [B, H, W] bool -> {level: (features, mask [B,h,w])}."""
+    ) -> dict[str, Feature]:
+        """images [B, H, W, 3] normalised, pixel_mask [B, H, W] bool (True = real) ->
+        {level: Feature(features [B, h, w, C], mask [B, h, w], stride)} for `return_levels`."""
         if self.depth not in RESNET_SPECS:
-            raise ValueError(f"model.backbone=resnet{self.depth}; choose one of {BACKBONE_CHOICES}")
+            raise ValueError(f"ResNet depth={self.depth}; choose one of {tuple(RESNET_SPECS)}")
         if self.norm not in NORM_CHOICES:
-            raise ValueError(f"model.backbone_norm={self.norm!r}; choose one of {NORM_CHOICES}")
+            raise ValueError(f"model.backbone.norm={self.norm!r}; choose one of {NORM_CHOICES}")
         kind, blocks = RESNET_SPECS[self.depth]
         m = pixel_mask[..., None]
 
@@ -192,8 +210,8 @@ class ResNet(nn.Module):
         if unknown or not self.return_levels:
             raise ValueError(f"return_levels={self.return_levels}; choose from {LEVELS}")
         last_stage = max(LEVELS.index(level) for level in self.return_levels)
-        out: dict[str, tuple[jax.Array, jax.Array]] = {}
-        in_c = self.width
+        out: dict[str, Feature] = {}
+        in_c, stride_px = self.width, 4
         block_cls = nn.remat(ResidualBlock) if self.remat else ResidualBlock
         for stage, n_blocks in enumerate(blocks[: last_stage + 1]):
             planes = self.width * (2**stage)
@@ -202,6 +220,7 @@ class ResNet(nn.Module):
             if stage == last_stage and stage > 0 and self.dilation:
                 stride, dilation = 1, 2
             out_c = planes * (4 if kind == "bottleneck" else 1)
+            stride_px *= stride
             for b in range(n_blocks):
                 s = stride if b == 0 else 1
                 mask_out = cur_mask[:, ::s, ::s] if s > 1 else cur_mask
@@ -226,5 +245,8 @@ class ResNet(nn.Module):
             x = maybe_freeze(x, stage + 2)
             level = f"C{stage + 2}"
             if level in self.return_levels:
-                out[level] = (x, cur_mask[..., 0])
+                mask = cur_mask[..., 0]
+                if not self.mask_features:
+                    mask = resize_mask_nearest(pixel_mask, x.shape[1], x.shape[2])
+                out[level] = Feature(x, mask, stride_px)
         return out

@@ -1,4 +1,4 @@
-"""Dense class supervision of the backbone's feature map (an optional aid for from-scratch runs).
+"""The `dense` loss term: class supervision of the backbone's feature map (a from-scratch aid).
 
 DETR's class loss reaches the backbone only through the decoder's cross-attention. From random
 initialisation that attention is nearly uniform, so the class gradient is spread evenly over all
@@ -7,8 +7,8 @@ C5 features of a from-scratch run on the shapes data stayed at chance after 4800
 docs/benchmarks.md). This loss gives every feature position a direct target: the label of the
 smallest ground-truth box that contains the position's centre (or whose centre lies in the
 position's cell), "no object" elsewhere. It is a 1x1 head on C5 with a weighted cross-entropy,
-off by default (`model.dense_aux_head`, `loss.dense_aux_weight`); the detector's outputs and its
-set loss are unchanged.
+off by default (`model.heads.dense_aux`, the `dense` term and `loss.weights.loss_dense`);
+the detector's outputs and its set loss are unchanged.
 """
 
 from __future__ import annotations
@@ -87,3 +87,16 @@ def dense_class_loss(
     ce = -jnp.take_along_axis(logp, target[..., None], axis=-1)[..., 0]
     weight = jnp.where(target == num_classes, eos_coef, 1.0) * mask.astype(jnp.float32)
     return jnp.sum(weight * ce) / jnp.maximum(jnp.sum(weight), 1e-6)
+
+
+def dense_term(outputs: dict, batch: dict, t: object = None, *, eos_coef: float = 0.1
+               ) -> dict[str, jax.Array]:
+    """`loss_dense` (scalar) from the heads' `dense_logits` and `dense_mask` (needs
+    `model.heads.dense_aux`); not per decoder layer and needs no matching."""
+    del t
+    if "dense_logits" not in outputs:
+        raise ValueError("loss term 'dense' needs the dense head: set model.heads.dense_aux=True")
+    num_classes = outputs["dense_logits"].shape[-1] - 1
+    loss = dense_class_loss(outputs["dense_logits"], outputs["dense_mask"], batch, num_classes,
+                            eos_coef)
+    return {"loss_dense": loss}

@@ -1,0 +1,78 @@
+"""Losses: the set criterion and its named terms, built from the config: `build_criterion`.
+
+`config.loss.terms` maps term names (below) to their settings; `config.loss.weights` maps the
+losses they return to weights. Adding a term: its function in its own file (signature
+`fn(outputs, batch, targets, **settings) -> {loss name: [L] or scalar}`), one line here, its
+config and its test.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+from detr_jax.losses.boxes import boxes_term
+from detr_jax.losses.criterion import Criterion
+from detr_jax.losses.dense import dense_term
+from detr_jax.losses.labels import cardinality_term, labels_term
+from detr_jax.losses.targets import Targets
+from detr_jax.matching import get_matcher
+
+
+class LossTerm(NamedTuple):
+    """A registered term: its function, whether it is applied per decoder layer to matched
+    targets, and the names of what it returns (checked against `loss.weights` at start-up)."""
+
+    fn: Callable
+    needs_matching: bool
+    outputs: tuple[str, ...]
+
+
+LOSS_TERMS: dict[str, LossTerm] = {
+    "labels": LossTerm(labels_term, True, ("loss_ce", "class_error")),
+    "boxes": LossTerm(boxes_term, True, ("loss_bbox", "loss_giou")),
+    "cardinality": LossTerm(cardinality_term, True, ("cardinality_error",)),
+    "dense": LossTerm(dense_term, False, ("loss_dense",)),
+}
+
+
+def term_settings(name: str) -> tuple[str, ...]:
+    """The keyword settings term `name` accepts (its keyword-only parameters)."""
+    params = inspect.signature(LOSS_TERMS[name].fn).parameters.values()
+    return tuple(p.name for p in params if p.kind is p.KEYWORD_ONLY)
+
+
+def loss_problems(config: Any) -> list[str]:
+    """One line per problem with `config.loss` (unknown terms or settings, weights no term
+    produces, a dense term without the dense head)."""
+    ls, lines = config.loss, []
+    produced: set[str] = set()
+    for name, settings in ls.terms.items():
+        if name not in LOSS_TERMS:
+            lines.append(f"loss.terms.{name}: unknown term; choose from {tuple(LOSS_TERMS)}")
+            continue
+        produced |= set(LOSS_TERMS[name].outputs)
+        accepted = term_settings(name)
+        lines += [f"loss.terms.{name}.{k}: not a setting of {name}; its settings: {accepted}"
+                  for k in settings if k not in accepted]
+    lines += [f"loss.weights.{k}: no term in loss.terms produces it (they produce "
+              f"{sorted(produced)})" for k in ls.weights if k not in produced]
+    heads = config.model.get("heads", {})
+    if "dense" in ls.terms and not heads.get("dense_aux", False):
+        lines.append("loss.terms.dense needs model.heads.dense_aux=True")
+    return lines
+
+
+def build_criterion(config: Any) -> Criterion:
+    """The criterion of `config.loss` with the matcher of `config.matcher`."""
+    mt = config.matcher
+    settings = {k: v for k, v in mt.items() if k not in ("name", "costs")}
+    matcher = get_matcher(mt.name, **settings)
+    ls = config.loss
+    terms = {name: dict(s) for name, s in ls.terms.items()}
+    return Criterion(terms, dict(ls.weights), LOSS_TERMS, matcher, dict(mt.costs), ls.aux_loss)
+
+
+__all__ = ["LOSS_TERMS", "Criterion", "LossTerm", "Targets", "build_criterion", "loss_problems",
+           "term_settings"]

@@ -1,0 +1,170 @@
+"""The set criterion: match once per decoder layer, then apply named loss terms with weights.
+
+As facebookresearch/detr's SetCriterion: `terms` maps a registered term name to its settings
+(detr_jax/losses/__init__.py, `LOSS_TERMS`), `weights` maps each loss a term returns to its
+weight. Terms that need matching see the outputs of every decoder layer ([L, B, Q, ...], all
+layers with `aux_loss`, else the last) and return per-layer losses [L]; others (e.g. `dense`)
+return scalars. The total is sum over layers of the weighted per-layer losses, plus the weighted
+scalars. Losses without a weight (`class_error`, `cardinality_error`) are only logged.
+
+Shapes (docs/interfaces.md): outputs `pred_logits` [L, B, Q, C+1], `pred_boxes` [L, B, Q, 4]
+normalised cxcywh; batch `labels` [B, G] int32, `boxes` [B, G, 4] normalised cxcywh,
+`box_valid` [B, G] bool, optional `image_valid` [B] bool.
+
+Normalisation of the box losses: the original divides the summed L1 / GIoU losses by
+`num_boxes = all_reduce(#targets) / world_size` on each device and DDP then averages the
+gradients over the devices, which equals dividing the global sum by the global box count. Here a
+step is one jit over the global (possibly sharded) batch, so `max(#valid boxes, 1)` over the
+batch reproduces the original exactly.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from detr_jax.losses.targets import Targets
+from detr_jax.matching.base import Matcher, match_to_query_targets
+from detr_jax.matching.costs import detr_cost
+from detr_jax.models.queries.groups import fold_query_groups
+
+
+def _flatten_layers(x: jax.Array) -> jax.Array:
+    """[L, B, ...] -> [L*B, ...]."""
+    return x.reshape((x.shape[0] * x.shape[1],) + x.shape[2:])
+
+
+class Criterion:
+    """`criterion(outputs, batch, query_valid=None, match=None) -> (loss, metrics)`.
+
+    Args (constructor):
+      terms: {term name: settings dict}, in the order the losses are summed.
+      weights: {loss name: weight}; every name must be produced by some term.
+      term_fns: {term name: (fn, needs_matching, ...)} (the registry, `LOSS_TERMS`).
+      matcher: a detr_jax.matching Matcher; costs: {cost term: weight} of the matching cost.
+      aux_loss: apply the matched terms to every decoder layer (else the last only).
+    """
+
+    def __init__(self, terms: Mapping[str, Mapping[str, Any]], weights: Mapping[str, float],
+                 term_fns: Mapping[str, tuple], matcher: Matcher,
+                 costs: Mapping[str, float], aux_loss: bool = True):
+        unknown = [t for t in terms if t not in term_fns]
+        if unknown:
+            raise ValueError(f"loss.terms: unknown {unknown}; choose from {tuple(term_fns)}")
+        self.terms = {name: (tuple(term_fns[name][:2]), dict(settings))
+                      for name, settings in terms.items()}
+        self.weights = dict(weights)
+        self.matcher, self.costs, self.aux_loss = matcher, dict(costs), aux_loss
+
+    def _match(self, logits, boxes, gt_labels, gt_boxes, gt_valid, query_valid):
+        """One matcher call for all layers: [L, B, Q, *] predictions -> match [L, B, G]."""
+        num_layers, batch = logits.shape[:2]
+        tile = lambda x: _flatten_layers(jnp.broadcast_to(x, (num_layers,) + x.shape))
+        c = self.costs
+        cost = detr_cost(
+            _flatten_layers(logits), _flatten_layers(boxes), tile(gt_labels), tile(gt_boxes),
+            tile(gt_valid), c.get("class", 0.0), c.get("bbox", 0.0), c.get("giou", 0.0),
+            query_valid=tile(query_valid),
+        )  # [L*B, Q, G]
+        match = self.matcher(cost, tile(gt_valid))
+        return match.reshape(num_layers, batch, gt_labels.shape[-1]).astype(jnp.int32)
+
+    def targets(self, outputs: dict, batch: dict, query_valid: jax.Array | None = None,
+                match: jax.Array | None = None) -> Targets:
+        """The matched targets of `outputs` (already cut to the layers used)."""
+        logits, boxes = outputs["pred_logits"], outputs["pred_boxes"]
+        num_layers, bsz, num_q, num_logits = logits.shape
+        gt_labels = jnp.asarray(batch["labels"], jnp.int32)
+        gt_boxes = jnp.asarray(batch["boxes"], jnp.float32)
+        gt_valid = jnp.asarray(batch["box_valid"], bool)
+        image_valid = batch.get("image_valid")
+        image_valid = (jnp.ones((bsz,), bool) if image_valid is None
+                       else jnp.asarray(image_valid, bool))
+        qv = (jnp.ones((bsz, num_q), bool) if query_valid is None
+              else jnp.asarray(query_valid, bool))
+        if match is None:
+            match = self._match(logits, boxes, gt_labels, gt_boxes, gt_valid, qv)
+        match = jax.lax.stop_gradient(match)
+        tile = lambda x: _flatten_layers(jnp.broadcast_to(x, (num_layers,) + x.shape))
+        target_classes, _, matched = match_to_query_targets(
+            _flatten_layers(match), tile(gt_labels), tile(gt_boxes), tile(gt_valid), num_q,
+            num_logits - 1,
+        )
+        return Targets(
+            match=match,
+            target_classes=target_classes.reshape(num_layers, bsz, num_q),
+            matched=matched.reshape(num_layers, bsz, num_q),
+            gt_labels=gt_labels, gt_boxes=gt_boxes, gt_valid=gt_valid,
+            query_valid=qv, image_valid=image_valid,
+            query_weight=(qv & image_valid[:, None]).astype(jnp.float32),
+            num_boxes=jnp.maximum(jnp.sum(gt_valid).astype(jnp.float32), 1.0),
+        )
+
+    def __call__(self, outputs: dict, batch: dict, query_valid: jax.Array | None = None,
+                 match: jax.Array | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
+        """Total loss (float32 scalar) and metrics: each loss of the final layer (`loss_ce`,
+        ...), `<loss>_<i>` for the auxiliary layers i = 0..L-2, the scalar terms' losses, the
+        logged metrics, `num_boxes` and `loss`.
+
+        `query_valid` [B, Q] bool leaves queries out of matching and the class loss; `match`
+        [L, B, G] (or [B, G] with aux_loss off) bypasses the matcher. With Group DETR groups
+        (`outputs["num_query_groups"]` K > 1) each group is matched on its own and the losses
+        are averaged over the groups (so are the logged errors).
+        """
+        set_outputs, set_batch = fold_query_groups(
+            outputs, batch, int(outputs.get("num_query_groups", 1)))
+        logits = jnp.asarray(set_outputs["pred_logits"], jnp.float32)
+        boxes = jnp.asarray(set_outputs["pred_boxes"], jnp.float32)
+        if logits.ndim != 4 or boxes.shape != logits.shape[:3] + (4,):
+            raise ValueError(f"expected pred_logits [L,B,Q,C+1] and pred_boxes [L,B,Q,4], got "
+                             f"{logits.shape} and {boxes.shape}")
+        total_layers = logits.shape[0]
+        if not self.aux_loss:
+            logits, boxes = logits[-1:], boxes[-1:]
+        layered = dict(set_outputs, pred_logits=logits, pred_boxes=boxes)
+        if match is not None:
+            match = jnp.asarray(match, jnp.int32)
+            match = match[None] if match.ndim == 2 else match
+            if match.shape[0] == total_layers and logits.shape[0] != total_layers:
+                match = match[-logits.shape[0]:]
+            expected = (logits.shape[0], logits.shape[1], set_batch["labels"].shape[-1])
+            if match.shape != expected:
+                raise ValueError(f"match must be [L,B,G]={expected}, got {match.shape}")
+        t = None
+        if any(needs for (_, needs), _ in self.terms.values()):
+            t = self.targets(layered, set_batch, query_valid, match)
+        values: dict[str, jax.Array] = {}
+        for (fn, needs_matching), settings in self.terms.values():
+            if needs_matching:
+                values.update(fn(layered, set_batch, t, **settings))
+            else:
+                values.update(fn(outputs, batch, None, **settings))
+        missing = [k for k in self.weights if k not in values]
+        if missing:
+            raise ValueError(f"loss.weights: {missing} are produced by no term in loss.terms "
+                             f"(they produce {sorted(values)})")
+        per_layer = None
+        scalar = []
+        for name, w in self.weights.items():
+            v = values[name]
+            if v.ndim == 1:
+                per_layer = w * v if per_layer is None else per_layer + w * v
+            else:
+                scalar.append(w * v)
+        total = jnp.zeros((), jnp.float32) if per_layer is None else jnp.sum(per_layer)
+        for v in scalar:
+            total = total + v
+        metrics: dict[str, jax.Array] = {"loss": total}
+        for name, v in values.items():
+            if v.ndim == 1:
+                metrics[name] = v[-1]
+                metrics.update({f"{name}_{i}": v[i] for i in range(v.shape[0] - 1)})
+            else:
+                metrics[name] = v
+        if t is not None:
+            metrics["num_boxes"] = t.num_boxes
+        return total.astype(jnp.float32), {k: jnp.asarray(v, jnp.float32)
+                                           for k, v in metrics.items()}

@@ -1,0 +1,14 @@
+"""Heads by name: `HEADS[config.model.heads.name]`: decoder outputs -> predictions.
+
+Iterative box refinement and mask heads register here too.
+"""
+
+from __future__ import annotations
+
+from detr_jax.models.heads.box import ClassBoxHeads
+from detr_jax.models.registry import Registry
+
+HEADS = Registry("heads")
+HEADS.register("class_box", ClassBoxHeads)
+
+__all__ = ["HEADS", "ClassBoxHeads"]

@@ -1,0 +1,14 @@
+"""Necks by name: `NECKS[config.model.neck.name]`: backbone levels -> transformer tokens.
+
+Multi-scale necks (Deformable DETR, pixel decoders) register here too.
+"""
+
+from __future__ import annotations
+
+from detr_jax.models.necks.single_level import SingleLevelNeck
+from detr_jax.models.registry import Registry
+
+NECKS = Registry("neck")
+NECKS.register("single_level", SingleLevelNeck)
+
+__all__ = ["NECKS", "SingleLevelNeck"]

@@ -1,0 +1,15 @@
+"""Query generators by name: `QUERY_GENERATORS[config.model.queries.name]`.
+
+A generator returns the decoder's queries, its self-attention mask and what the loss needs to
+know about them (docs/interfaces.md). Denoising and anchor queries register here too.
+"""
+
+from __future__ import annotations
+
+from detr_jax.models.queries.learned import LearnedQueries
+from detr_jax.models.registry import Registry
+
+QUERY_GENERATORS = Registry("query generator")
+QUERY_GENERATORS.register("learned", LearnedQueries)
+
+__all__ = ["QUERY_GENERATORS", "LearnedQueries"]

@@ -1,0 +1,13 @@
+"""Transformers by name: `TRANSFORMERS[config.model.transformer.name]`: neck tokens and a query
+set -> decoder outputs per layer. The deformable encoder-decoder registers here too."""
+
+from __future__ import annotations
+
+from detr_jax.models.registry import Registry
+from detr_jax.models.transformers.detr import DetrTransformer
+from detr_jax.models.transformers.layers import ATTENTION_CHOICES
+
+TRANSFORMERS = Registry("transformer")
+TRANSFORMERS.register("detr", DetrTransformer)
+
+__all__ = ["ATTENTION_CHOICES", "TRANSFORMERS", "DetrTransformer"]
