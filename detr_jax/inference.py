@@ -1,25 +1,84 @@
-"""Single-image inference with attention maps (used by `detr_jax.predict` and the notebook).
+"""The one prediction function (`make_predict_fn`) and single-image inference (`Predictor`).
 
-Boxes: the model predicts normalised cxcywh (relative to the unpadded input); results here are
-xyxy pixels of the *original* image. Attention: `MultiHeadAttention` sows its head-averaged
-weights under `intermediates`; we read the last decoder layer's cross-attention [Q, h*w] and the
-last encoder layer's self-attention [h*w, h*w].
+`make_predict_fn` (model apply + postprocessing) is what evaluation (`train.eval_step`), the
+`detr_jax.predict` CLI, the notebook and export use; see docs/interfaces.md "predict_fn".
+
+Boxes: the model predicts normalised cxcywh (relative to the unpadded input); predictions are
+xyxy pixels of the *original* image (`batch["orig_size"]`). Attention: `MultiHeadAttention` sows
+its head-averaged weights under `intermediates`; the Predictor reads the last decoder layer's
+cross-attention [Q, h*w] and the last encoder layer's self-attention [h*w, h*w].
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import flax.traverse_util
 import jax
 import numpy as np
-from PIL import Image
 
 from detr_jax.core.compile_options import step_compiler_options
-from detr_jax.data.batching import IMAGENET_MEAN, IMAGENET_STD
+from detr_jax.data.batching import collate
+from detr_jax.data.transforms import resize_image
+from detr_jax.evaluation.postprocess import postprocess
 from detr_jax.models import build_model, variable_shapes
 from detr_jax.pretrained import load_params_checkpoint
 from detr_jax.transfer import merge_pretrained
+
+# name -> fn(pred_logits [B, Q, C+1], pred_boxes [B, Q, 4] normalised cxcywh, orig_size [B, 2]
+# (h, w), top_k) of the last decoder layer -> dict of [B, K, ...] arrays (facebookresearch/detr's
+# `postprocessors` dict; "segm" / "panoptic" come later).
+POSTPROCESSORS: dict[str, Callable[..., dict[str, jax.Array]]] = {"bbox": postprocess}
+
+PredictFn = Callable[[dict, dict], tuple[dict, dict]]
+
+
+def make_predict_fn(
+    model: Any,
+    *,
+    top_k: int,
+    postprocessors: Sequence[str] = ("bbox",),
+    intermediates: bool = False,
+) -> PredictFn:
+    """A pure `predict_fn(variables, batch) -> (predictions, outputs)` (jit it yourself).
+
+    Args:
+      model: the DETR module (`detr_jax.models.build_model`); applied with `train=False`.
+      top_k: detections kept per image, the best by score over the queries; K = min(top_k, Q).
+      postprocessors: names in `POSTPROCESSORS`, each run on the last decoder layer.
+      intermediates: also return the sown intermediates (attention weights).
+
+    `variables`: {"params": ..., "batch_stats": ... (only when the backbone has any)}.
+    `batch`: `image` float32 [B, H, W, 3] ImageNet-normalised, zero padding; `pixel_mask` bool
+    [B, H, W], True on real pixels; `orig_size` int [B, 2] (h, w) the boxes are scaled to; other
+    keys are ignored.
+
+    Returns `predictions` = {name: postprocessor output}, for "bbox" `scores` float32 [B, K]
+    (descending), `labels` int32 [B, K] (contiguous), `boxes` float32 [B, K, 4] xyxy pixels of the
+    original image, `queries` int32 [B, K] (query index); and `outputs` = the raw model outputs
+    (`pred_logits` [L, B, Q, C+1], `pred_boxes` [L, B, Q, 4] normalised cxcywh, `dense_*` with a
+    dense head) plus, with `intermediates`, `intermediates` (the sown collection).
+    """
+    unknown = [n for n in postprocessors if n not in POSTPROCESSORS]
+    if unknown:
+        raise ValueError(f"unknown postprocessors {unknown}; choose from {list(POSTPROCESSORS)}")
+    fns = {n: POSTPROCESSORS[n] for n in postprocessors}
+
+    def predict_fn(variables: dict, batch: dict) -> tuple[dict, dict]:
+        if intermediates:
+            outputs, state = model.apply(
+                variables, batch["image"], batch["pixel_mask"], train=False,
+                mutable=["intermediates"],
+            )
+            outputs = dict(outputs, intermediates=state["intermediates"])
+        else:
+            outputs = model.apply(variables, batch["image"], batch["pixel_mask"], train=False)
+        logits, boxes = outputs["pred_logits"][-1], outputs["pred_boxes"][-1]
+        predictions = {n: fn(logits, boxes, batch["orig_size"], top_k) for n, fn in fns.items()}
+        return predictions, outputs
+
+    return predict_fn
 
 
 def load_for_inference(config: Any, checkpoint: str) -> tuple[Any, dict]:
@@ -47,29 +106,26 @@ def load_for_inference(config: Any, checkpoint: str) -> tuple[Any, dict]:
     return model, variables
 
 
-def resize_shorter(image: np.ndarray, min_size: int, max_size: int) -> np.ndarray:
-    """As DETR's RandomResize([min_size], max_size); a no-op when min_size is 0."""
-    if min_size <= 0:
-        return image
-    h, w = image.shape[:2]
-    size = float(min_size)
-    if max_size > 0 and max(h, w) / min(h, w) * size > max_size:
-        size = max_size * min(h, w) / max(h, w)
-    scale = size / min(h, w)
-    new = (int(round(w * scale)), int(round(h * scale)))
-    return np.asarray(Image.fromarray(image).resize(new, Image.BILINEAR))
+def preprocess(
+    image: np.ndarray, min_size: int = 0, max_size: int = 0, multiple: int = 32
+) -> dict[str, np.ndarray]:
+    """One uint8 [H, W, 3] image -> a batch of one for `predict_fn`, as evaluation builds it.
 
-
-def prepare(image: np.ndarray, multiple: int = 32) -> tuple[np.ndarray, np.ndarray]:
-    """uint8 [H, W, 3] -> (normalised float32 [1, H', W', 3], pixel_mask bool [1, H', W']) padded
-    at the bottom/right to a multiple of `multiple`."""
-    h, w = image.shape[:2]
-    ph, pw = -(-h // multiple) * multiple, -(-w // multiple) * multiple
-    x = np.zeros((1, ph, pw, 3), np.float32)
-    x[0, :h, :w] = (image.astype(np.float32) / 255.0 - IMAGENET_MEAN) / IMAGENET_STD
-    mask = np.zeros((1, ph, pw), bool)
-    mask[0, :h, :w] = True
-    return x, mask
+    Resized by the eval transform's `resize_image(image, min_size, max_size)` (`min_size` 0: no
+    resize; `max_size` 0: no cap), then normalised and padded by the eval batches' `collate`,
+    on a canvas of the next multiple of `multiple` (bottom/right padding). Returns the Batch
+    keys of docs/interfaces.md, among them `image` float32 [1, H', W', 3], `pixel_mask` bool
+    [1, H', W'], `size` int32 [1, 2] (h, w) resized and `orig_size` int32 [1, 2] (H, W) of
+    `image` (the predicted boxes are xyxy pixels of it).
+    """
+    resized = image if min_size <= 0 else resize_image(image, min_size, max_size or None)
+    h, w = resized.shape[:2]
+    canvas = (-(-h // multiple) * multiple, -(-w // multiple) * multiple)
+    sample = {"image": resized, "boxes": np.zeros((0, 4), np.float32),
+              "labels": np.zeros((0,), np.int32), "image_id": 0,
+              "orig_size": np.array(image.shape[:2], np.int32)}
+    batch, _ = collate([sample], buckets=[canvas], max_boxes=0)
+    return batch
 
 
 def _sown(inter: dict, path: str) -> np.ndarray:
@@ -77,13 +133,32 @@ def _sown(inter: dict, path: str) -> np.ndarray:
     return np.asarray(flat[path][0])
 
 
-class Predictor:
-    """A model, its variables and one jitted forward pass that also returns the attention."""
+def eval_resize(config: Any) -> tuple[int, int]:
+    """(min_size, max_size) that resize images as `config`'s evaluation does; (0, 0): no resize.
 
-    def __init__(self, model: Any, variables: dict, xla_cpu_ynnpack: bool = False):
+    The COCO-format datasets (`coco`, `custom`) evaluate through `detr_eval_transform`
+    (`transforms.eval_size`, `transforms.max_size`); the shapes dataset is not resized.
+    """
+    if config.dataset in ("coco", "custom"):
+        return int(config.transforms.eval_size), int(config.transforms.max_size)
+    return 0, 0
+
+
+class Predictor:
+    """A model, its variables and the jitted `make_predict_fn(..., intermediates=True)`."""
+
+    def __init__(
+        self,
+        model: Any,
+        variables: dict,
+        xla_cpu_ynnpack: bool = False,
+        top_k: int | None = None,
+    ):
+        """`top_k`: detections ranked before the score threshold (default: every query)."""
         self.model, self.variables = model, variables
-        self._apply = jax.jit(
-            lambda v, a, m: model.apply(v, a, m, mutable=["intermediates"]),
+        top_k = int(model.queries.num_queries) if top_k is None else int(top_k)
+        self._predict = jax.jit(
+            make_predict_fn(model, top_k=top_k, intermediates=True),
             compiler_options=step_compiler_options(xla_cpu_ynnpack),
         )
 
@@ -97,6 +172,11 @@ class Predictor:
     ) -> dict[str, Any]:
         """Detections and attention maps for one uint8 [H, W, 3] image.
 
+        `preprocess(image, min_size, max_size)` resizes it with the eval transform's resize
+        (`min_size` 0: no resize, `max_size` 0: no cap; `eval_resize(config)` gives a config's
+        evaluation sizes) and pads it bottom/right to a multiple of 32; `predict_fn` keeps the
+        top-k queries by score, and of those the ones with score >= `score_threshold`.
+
         Returns a dict with `scores` [K], `labels` [K] (contiguous), `boxes` [K, 4] xyxy pixels
         of `image`, `queries` [K] (query index of each kept detection, best first),
         `cross_attention` [K, h, w] (last decoder layer, over the real feature positions),
@@ -105,23 +185,18 @@ class Predictor:
         detection, else of the image; None without encoder layers).
         """
         orig_h, orig_w = image.shape[:2]
-        resized = resize_shorter(image, min_size, max_size)
-        x, mask = prepare(resized)
-        out, state = self._apply(self.variables, x, mask)
-        logits = np.asarray(out["pred_logits"][-1, 0])
-        boxes = np.asarray(out["pred_boxes"][-1, 0])
-        probs = np.asarray(jax.nn.softmax(logits, axis=-1))[:, :-1]
-        scores, labels = probs.max(-1), probs.argmax(-1)
-        keep = np.nonzero(scores >= score_threshold)[0]
-        keep = keep[np.argsort(-scores[keep], kind="stable")]
-        cx, cy, bw, bh = boxes[keep].T
-        xyxy = np.stack([cx - bw / 2, cy - bh / 2, cx + bw / 2, cy + bh / 2], -1)
-        xyxy = (xyxy * np.array([orig_w, orig_h, orig_w, orig_h], np.float32)).reshape(-1, 4)
+        batch = preprocess(image, min_size, max_size)
+        x, (rh, rw) = batch["image"], (int(v) for v in batch["size"][0])
+        predictions, outputs = self._predict(self.variables, batch)
+        bbox = jax.device_get(predictions["bbox"])
+        keep = np.nonzero(bbox["scores"][0] >= score_threshold)[0]  # a prefix: sorted scores
+        scores, labels = bbox["scores"][0][keep], bbox["labels"][0][keep]
+        xyxy = bbox["boxes"][0][keep].reshape(-1, 4)
+        queries = bbox["queries"][0][keep]
 
-        inter = state["intermediates"]["transformer"]
+        inter = outputs["intermediates"]["transformer"]
         n_dec = len([k for k in inter if k.startswith("decoder_layers_")])
         n_enc = len([k for k in inter if k.startswith("encoder_layers_")])
-        rh, rw = resized.shape[:2]
         cross = _sown(inter, f"decoder_layers_{n_dec - 1}/multihead_attn/attention_weights")[0]
         # The transformer's feature stride (8, 16 or 32 with feature_level and dilation) from
         # its token count: the padded input is a multiple of 32, so the map is exactly H/s x W/s.
@@ -131,7 +206,7 @@ class Predictor:
             raise ValueError(f"cannot lay {cross.shape[-1]} attention tokens out on the "
                              f"{x.shape[1]}x{x.shape[2]} input's feature grid")
         real_h, real_w = -(-rh // stride), -(-rw // stride)
-        cross = cross.reshape(-1, fh, fw)[keep][:, :real_h, :real_w]
+        cross = cross.reshape(-1, fh, fw)[queries][:, :real_h, :real_w]
         if point is None:
             if len(keep):
                 point = (float(xyxy[0, 1] + xyxy[0, 3]) / 2, float(xyxy[0, 0] + xyxy[0, 2]) / 2)
@@ -144,10 +219,10 @@ class Predictor:
             enc_w = _sown(inter, f"encoder_layers_{n_enc - 1}/self_attn/attention_weights")[0]
             enc = enc_w[py * fw + px].reshape(fh, fw)[:real_h, :real_w]
         return {
-            "scores": scores[keep],
-            "labels": labels[keep],
+            "scores": scores,
+            "labels": labels,
             "boxes": xyxy,
-            "queries": keep,
+            "queries": queries,
             "cross_attention": cross,
             "encoder_attention": enc,
             "point": point,

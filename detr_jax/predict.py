@@ -11,6 +11,11 @@ Writes to `--output_dir` (default `predictions/`):
 - `<stem>_encoder_attention.png`: the last encoder layer's self-attention of one position
   (`--point=y,x` in pixels of the original image; default: the best box's centre).
 
+Images are resized as the config's evaluation resizes them (`detr_jax.inference.eval_resize`:
+the eval transform's shorter side `transforms.eval_size`, longer side at most
+`transforms.max_size` for the coco and custom datasets; none for shapes) unless `--min_size` /
+`--max_size` say otherwise, and predicted by the same `predict_fn` evaluation uses.
+
 CKPT is any `init_from` path: a converted checkpoint, a training workdir or a checkpoint step.
 Class names and COCO category ids: from the `categories.json` that training writes to its workdir
 (the dataset's own ids, e.g. a custom dataset's non-contiguous ones, and names); else the shapes
@@ -32,7 +37,7 @@ from PIL import Image
 
 from detr_jax.evaluation.attention_maps import draw_point_attention, draw_query_attention
 from detr_jax.evaluation.visualize import draw_detections, save_png
-from detr_jax.inference import Predictor, load_for_inference
+from detr_jax.inference import Predictor, eval_resize, load_for_inference
 
 FLAGS = flags.FLAGS
 config_flags.DEFINE_config_file("config", None, "A configs/*.py file.", lock_config=True)
@@ -40,8 +45,10 @@ flags.DEFINE_string("checkpoint", None, "Converted checkpoint, training workdir 
 flags.DEFINE_string("output_dir", "predictions", "Where the JSON and PNG files go.")
 flags.DEFINE_float("score_threshold", 0.5, "Keep detections with at least this score.")
 flags.DEFINE_list("class_names", None, "Names of the contiguous labels.")
-flags.DEFINE_integer("min_size", 0, "Resize the shorter side to this (0: keep the size).")
-flags.DEFINE_integer("max_size", 0, "Cap on the longer side when resizing (0: none).")
+flags.DEFINE_integer("min_size", None, "Resize the shorter side to this (0: keep the size; "
+                     "default: as the config's evaluation, transforms.eval_size for coco/custom).")
+flags.DEFINE_integer("max_size", None, "Cap on the longer side when resizing (0: none; default: "
+                     "as the config's evaluation, transforms.max_size for coco/custom).")
 flags.DEFINE_list("point", None, "y,x pixel whose encoder self-attention is drawn.")
 flags.DEFINE_integer("max_attention_maps", 10, "Cross-attention PNGs per image, at most.")
 flags.mark_flags_as_required(["config", "checkpoint"])
@@ -97,11 +104,14 @@ def run(config, checkpoint: str, paths: list[str], output_dir: str, **opts) -> l
     predictor = Predictor(model, variables, config.get("xla_cpu_ynnpack", False))
     threshold = opts.get("score_threshold", 0.5)
     point = opts.get("point")
+    default_min, default_max = eval_resize(config)  # resize as this config's evaluation does
+    min_size = default_min if opts.get("min_size") is None else opts["min_size"]
+    max_size = default_max if opts.get("max_size") is None else opts["max_size"]
     os.makedirs(output_dir, exist_ok=True)
     results, id_map = [], {}
     for path, image_id in zip(paths, image_ids(paths), strict=True):
         image = np.asarray(Image.open(path).convert("RGB"))
-        p = predictor(image, threshold, point, opts.get("min_size", 0), opts.get("max_size", 0))
+        p = predictor(image, threshold, point, min_size, max_size)
         stem = os.path.join(output_dir, os.path.splitext(os.path.basename(path))[0])
         id_map[image_id] = path
         for box, label, score in zip(p["boxes"], p["labels"], p["scores"], strict=True):

@@ -34,7 +34,7 @@ from detr_jax.core.sharding import to_global  # noqa: F401 (re-exported)
 from detr_jax.core.writers import MetricWriter
 from detr_jax.data.prefetch import device_prefetch
 from detr_jax.evaluation.evaluator import Evaluator
-from detr_jax.evaluation.postprocess import postprocess
+from detr_jax.inference import make_predict_fn
 from detr_jax.losses import build_criterion
 from detr_jax.models import build_model, init_variables, variable_shapes
 
@@ -152,15 +152,16 @@ def train_step(state, batch, *, model, tx, schedule, criterion):
     return new_state, metrics
 
 
-def eval_step(state, batch, *, model, criterion, top_k):
-    """Predictions for a batch (postprocessed, pixels of each original image) and eval losses."""
-    outputs, _ = _apply(model, state, state.params, batch, False)
+def eval_step(state, batch, *, predict_fn, criterion):
+    """`predict_fn`'s "bbox" predictions for a batch (pixels of each original image) and the eval
+    losses on its raw outputs."""
+    variables = {"params": state.params}
+    if state.batch_stats:
+        variables["batch_stats"] = state.batch_stats
+    predictions, outputs = predict_fn(variables, batch)
     valid_q = jnp.broadcast_to(batch["image_valid"][:, None], outputs["pred_logits"].shape[1:3])
     _, metrics = criterion(outputs, batch, query_valid=valid_q)
-    post = postprocess(
-        outputs["pred_logits"][-1], outputs["pred_boxes"][-1], batch["orig_size"], top_k
-    )
-    post = dict(post, image_id=batch["image_id"], image_valid=batch["image_valid"])
+    post = dict(predictions["bbox"], image_id=batch["image_id"], image_valid=batch["image_valid"])
     return post, metrics
 
 
@@ -188,9 +189,10 @@ def make_steps(config, model, tx, schedule, mesh, state):
     p_eval = jax.jit(
         functools.partial(
             eval_step,
-            model=model,
+            predict_fn=make_predict_fn(
+                model, top_k=min(config.eval.top_k, config.model.queries.num_queries)
+            ),
             criterion=criterion,
-            top_k=min(config.eval.top_k, config.model.queries.num_queries),
         ),
         in_shardings=(state_sharding, data_sharding),
         out_shardings=(replicated, replicated),

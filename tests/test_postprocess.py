@@ -26,6 +26,7 @@ def test_hand_worked_example():
     assert s1 > s0
     np.testing.assert_allclose(np.asarray(out["scores"]), [[s1, s0]], rtol=1e-6)
     np.testing.assert_array_equal(np.asarray(out["labels"]), [[1, 0]])
+    np.testing.assert_array_equal(np.asarray(out["queries"]), [[1, 0]])
     assert out["labels"].dtype == jnp.int32
     # query 1: cx=50, cy=75, w=100, h=50 px -> [0, 50, 100, 100]
     # query 0: cx=100, cy=50, w=40, h=40 px -> [80, 30, 120, 70]
@@ -67,6 +68,7 @@ def test_top_k_ordering_and_sizes():
         np.testing.assert_allclose(out["scores"][i], all_scores[order], rtol=1e-5)
         assert np.all(np.diff(out["scores"][i]) <= 0)
         np.testing.assert_array_equal(out["labels"][i], probs[i].argmax(-1)[order])
+        np.testing.assert_array_equal(out["queries"][i], order)
         h, w = orig_size[i]
         cx, cy, bw, bh = boxes[i, order].T
         expect = np.stack([(cx - bw / 2) * w, (cy - bh / 2) * h,

@@ -107,18 +107,28 @@ def resized_hw(h: int, w: int, size: int, max_size: int | None) -> tuple[int, in
     return size, (long if cap is None else min(long, cap))
 
 
+def resize_image(image: np.ndarray, size: int, max_size: int | None = None) -> np.ndarray:
+    """uint8 [H, W, 3] -> uint8 [H', W', 3], (H', W') = ``resized_hw(H, W, size, max_size)``.
+
+    PIL bilinear; the input itself when the size does not change.  The one image resize of the
+    eval transform, also used by ``detr_jax.inference.Predictor``.
+    """
+    h, w = image.shape[:2]
+    nh, nw = resized_hw(h, w, size, max_size)
+    if (nh, nw) == (h, w):
+        return image
+    return np.asarray(Image.fromarray(image).resize((nw, nh), Image.Resampling.BILINEAR))
+
+
 def resize(sample: dict, size: int, max_size: int | None = None) -> dict:
     """Resize (bilinear) so the shorter side is ``size`` and the longer at most ``max_size``.
 
     Boxes are scaled by (new_w / w, new_h / h); ``area`` by their product.
     """
     h, w = sample["image"].shape[:2]
-    nh, nw = resized_hw(h, w, size, max_size)
     out = _copy(sample)
-    if (nh, nw) != (h, w):
-        out["image"] = np.asarray(
-            Image.fromarray(sample["image"]).resize((nw, nh), Image.Resampling.BILINEAR)
-        )
+    out["image"] = resize_image(sample["image"], size, max_size)
+    nh, nw = out["image"].shape[:2]
     sx, sy = nw / w, nh / h
     out["boxes"] = (
         np.asarray(sample["boxes"], np.float32).reshape(-1, 4)

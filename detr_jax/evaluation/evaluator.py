@@ -1,4 +1,5 @@
-"""Runs the validation set through the jitted eval step and scores it with pycocotools.
+"""Runs the validation set through the jitted eval step (built on `predict_fn`) and scores it
+with pycocotools.
 
 Writes into the workdir: `eval_results.json` (metrics and step), `predictions.json` (COCO results
 with original category ids), `ground_truth.json` (the COCO ground truth it was scored against),
@@ -25,6 +26,12 @@ from detr_jax.evaluation.visualize import draw_detections, image_grid, save_png
 
 class Evaluator:
     """COCO evaluation of a train state on `dataset.val_samples()` (sharded over processes).
+
+    `eval_fn(state, batch) -> (predictions, metrics)` is the jitted eval step built on the one
+    `predict_fn` (`detr_jax.inference.make_predict_fn`; `train.make_steps` builds it, this module
+    imports nothing from train.py): `predictions` are the "bbox" predictions (`scores` [B, K],
+    `labels` [B, K], `boxes` [B, K, 4] xyxy pixels of the original image) plus `image_id` and
+    `image_valid` [B]; `metrics` are scalar eval losses.
 
     Every process loads every n-th validation image and runs the same number of batches; the
     eval step returns replicated outputs, so every process scores all predictions, and process 0

@@ -32,7 +32,8 @@ def postprocess(
         ``scores``: float32 [B, K], best object-class probability, sorted descending;
         ``labels``: int32 [B, K], contiguous label in 0..C-1;
         ``boxes``: float32 [B, K, 4], xyxy absolute pixels of the original image
-        (not clipped to the image).
+        (not clipped to the image);
+        ``queries``: int32 [B, K], the query index (0..Q-1) of each kept detection.
     """
     probs = jax.nn.softmax(pred_logits.astype(jnp.float32), axis=-1)[..., :-1]  # [B, Q, C]
     scores = jnp.max(probs, axis=-1)  # [B, Q]
@@ -47,4 +48,9 @@ def postprocess(
     w = orig_size[:, 1].astype(jnp.float32)
     scale = jnp.stack([w, h, w, h], axis=-1)[:, None, :]  # [B, 1, 4]
     boxes_xyxy = box_cxcywh_to_xyxy(top_boxes) * scale
-    return {"scores": top_scores, "labels": top_labels, "boxes": boxes_xyxy}
+    return {
+        "scores": top_scores,
+        "labels": top_labels,
+        "boxes": boxes_xyxy,
+        "queries": idx.astype(jnp.int32),
+    }
