@@ -84,6 +84,30 @@ def _shape_diffs(kind: str, saved: dict, expected: dict) -> list[str]:
     ]
 
 
+def _version(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(x) for x in str(text).split(".")[:3])
+    except ValueError:
+        return (0,)
+
+
+def check_layout(meta: dict, where: str) -> None:
+    """Raises CheckpointMismatchError for a checkpoint whose optimiser-state layout predates
+    this version's (detr_jax < 0.2 grouped it as backbone / transformer / frozen; 0.2 groups it
+    by the parameter rules, `optim.param_rules`). Its params and statistics still load."""
+    saved = meta.get("detr_jax_version", "0.0.0")
+    if _version(saved) < _version(detr_jax.OPT_STATE_LAYOUT_SINCE):
+        workdir = os.path.dirname(os.path.dirname(where.rstrip("/")))
+        raise CheckpointMismatchError(
+            f"checkpoint {where} was written by detr_jax {saved}, whose optimiser state is "
+            f"grouped as backbone/transformer/frozen; detr_jax {detr_jax.__version__} groups it "
+            "by the parameter rules (optim.param_rules), and the config fields moved into part "
+            "sub-dicts (config_base.LEGACY_FIELDS). Its weights still load: start a fresh "
+            f"workdir with --config.init_from={workdir} (params and BatchNorm statistics are "
+            "restored, the optimiser state starts anew)."
+        )
+
+
 def check_compatible(meta: dict, target: Any, where: str) -> None:
     """Raises CheckpointMismatchError listing every path whose shape differs from `target`."""
     diffs = _shape_diffs("param", meta.get("param_shapes", {}), param_shapes(target.params))
@@ -142,14 +166,18 @@ def restore_latest(
         except Exception as e:  # any read failure: incomplete
             logging.warning("skipping unreadable checkpoint %s: %s", where, str(e)[:300])
             continue
+        check_layout(meta, where)
         check_compatible(meta, target, where)
         try:
             restored = manager.restore(
                 step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract))
             )
         except ValueError as e:
-            if "not compatible" in str(e) or "do not match" in str(e):
-                raise CheckpointMismatchError(f"checkpoint {where} does not fit: {e}") from e
+            if any(m in str(e) for m in ("not compatible", "do not match", "partial_restore")):
+                raise CheckpointMismatchError(
+                    f"checkpoint {where} does not fit the train state built from this config "
+                    f"(tree structures differ; saved by detr_jax "
+                    f"{meta.get('detr_jax_version', '?')}): {str(e)[:500]}") from e
             logging.warning("skipping unreadable checkpoint %s: %s", where, str(e)[:300])
             continue
         except Exception as e:
