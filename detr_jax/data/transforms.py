@@ -199,8 +199,3 @@ def detr_train_transform(
 def detr_eval_transform(sample: dict, cfg: TransformConfig) -> dict:
     """Eval: shorter side ``eval_size``, longer side at most ``max_size``."""
     return resize(sample, cfg.eval_size, cfg.max_size)
-
-
-def max_image_hw(cfg: TransformConfig) -> int:
-    """Upper bound on any output side of the train or eval transform (``max_size``)."""
-    return cfg.max_size
