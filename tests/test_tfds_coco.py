@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import io
 import json
+from unittest import mock as _mock
 
 import numpy as np
 import pytest
@@ -48,10 +49,72 @@ def test_record_objects_cuts_to_shortest_and_maps_ids():
     assert s["orig_size"].tolist() == [20, 40] and s["image_id"] == 5
 
 
-@pytest.fixture(scope="module")
-def mock():
-    with tfds.testing.mock_data(num_examples=6):
+@contextlib.contextmanager
+def mock_coco(data_dir, num_examples=6, **kwargs):
+    """`tfds.testing.mock_data` (random records) without its process-wide file-system mock.
+
+    mock_data's `DatasetBuilder.as_dataset` runs the real one inside `test_utils.MockFs`
+    (tensorflow_datasets/testing/mocking.py, `mock_as_dataset_base`), only so that the builder's
+    data directory, which does not exist, seems to. For the whole call MockFs swaps
+    `etils.epath`'s backends (`gpath._PREFIX_TO_BACKEND`) and `tf.io.gfile`'s functions, in
+    every thread, for ones that map each path into a temporary directory deleted on return.
+    Orbax's async save thread writes `array_metadatas/process_0` through epath: a save that
+    overlapped an `as_dataset` call (the evaluation opening the validation split) wrote it
+    there, and the commit then failed with "No ArrayMetadata found for process_index=0".
+    Here the data directory exists for real (empty) and the file system is left alone.
+    """
+    real_as_dataset = tfds.core.DatasetBuilder.as_dataset
+
+    def as_dataset(self, *args, **kw):
+        self.data_path.mkdir(parents=True, exist_ok=True)  # all that as_dataset checks for
+        return real_as_dataset(self, *args, **kw)
+
+    with tfds.testing.mock_data(num_examples=num_examples, data_dir=str(data_dir), **kwargs), \
+            _mock.patch.object(tfds.core.DatasetBuilder, "as_dataset", as_dataset):
         yield
+
+
+@pytest.fixture(scope="module")
+def mock(tmp_path_factory):
+    with mock_coco(tmp_path_factory.mktemp("tfds")):
+        yield
+
+
+def test_checkpoint_saved_while_as_dataset_runs_is_complete(tmp_path):
+    """An orbax save overlapping an `as_dataset` call on the mock writes to the real disk."""
+    import threading
+
+    import jax.numpy as jnp
+    import orbax.checkpoint as ocp
+    import tensorflow as tf
+
+    from detr_jax.core import checkpointing
+
+    inside, release = threading.Event(), threading.Event()
+
+    def held_open(self, split, **kw):  # runs where mock_data's MockFs was active
+        inside.set()
+        release.wait(30)
+        return tf.data.Dataset.range(1)
+
+    manager = checkpointing.make_manager(str(tmp_path / "work"), every=1, keep=1)
+    with mock_coco(tmp_path / "tfds", as_dataset_fn=held_open):
+        reader = threading.Thread(
+            target=lambda: tfds.builder("coco/2017").as_dataset(split="train"))
+        reader.start()
+        try:
+            assert inside.wait(30)
+            manager.save(1, args=ocp.args.Composite(
+                state=ocp.args.StandardSave({"w": jnp.arange(3.0)})))
+            manager.wait_until_finished()  # mock_data: "No ArrayMetadata found"
+        finally:
+            release.set()
+            reader.join()
+    assert manager.all_steps() == [1]
+    # mock_data: this file (and the tree metadata) went to MockFs' deleted temporary directory
+    assert (tmp_path / "work/checkpoints/1/state/array_metadatas/process_0").exists()
+    restored = manager.restore(1, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+    np.testing.assert_array_equal(restored["state"]["w"], np.arange(3.0))
 
 
 def test_train_stream_is_valid_deterministic_and_sharded(mock):
@@ -160,11 +223,11 @@ def test_train_and_evaluate_on_mock_coco(tmp_path, monkeypatch):
     c.transforms.eval_size = 48
     c.coco.max_val_images, c.coco.num_workers, c.coco.shuffle_buffer = 4, 2, 4
     c.max_boxes, c.model.queries.num_queries = 60, 64  # mock images carry up to ~50 objects
-    with tfds.testing.mock_data(num_examples=6):
-        metrics = train.train_and_evaluate(c, str(tmp_path))
+    with mock_coco(tmp_path / "tfds"):
+        metrics = train.train_and_evaluate(c, str(tmp_path / "work"))
     assert "AP" in metrics
-    preds = json.load(open(tmp_path / "predictions.json"))
-    gt = json.load(open(tmp_path / "ground_truth.json"))
+    preds = json.load(open(tmp_path / "work" / "predictions.json"))
+    gt = json.load(open(tmp_path / "work" / "ground_truth.json"))
     # Labels are the category ids themselves (as DETR, unused ids can be predicted, never right).
     assert preds and {p["category_id"] for p in preds} <= set(range(91))
     assert {c["id"] for c in gt["categories"]} == set(COCO_CATEGORY_IDS)
