@@ -16,6 +16,7 @@ from detr_jax.matching import (
     detr_cost,
     get_matcher,
     match_to_query_targets,
+    matcher_settings,
     unmatched_query_mask,
 )
 
@@ -178,3 +179,39 @@ def test_registry():
     assert isinstance(m, HungarianScipyMatcher) and isinstance(m, Matcher)
     with pytest.raises(ValueError, match="hungarian_scipy"):
         get_matcher("does_not_exist")
+
+
+def test_matcher_settings():
+    assert matcher_settings("auction") == ("theta", "max_rounds")
+    assert matcher_settings("sinkhorn") == (
+        "num_iters", "eps_start", "eps_end", "round_eps", "round_max_rounds"
+    )  # fmt: skip
+    for name in ("hungarian_scipy", "hungarian_jax", "greedy"):
+        assert matcher_settings(name) == ()
+    for name in MATCHERS:  # every setting is documented in the class docstring
+        for field in matcher_settings(name):
+            assert field in MATCHERS[name].__doc__, (name, field)
+    m = get_matcher("sinkhorn", num_iters=10, round_eps=2e-3)
+    assert (m.num_iters, m.round_eps, m.eps_end) == (10, 2e-3, 2e-3)
+    with pytest.raises(ValueError, match="unknown matcher 'nope'"):
+        matcher_settings("nope")
+
+
+@pytest.mark.parametrize(
+    "name, settings, match",
+    [
+        ("auction", {"eps": 0.1}, r"^matcher 'auction' has no setting matcher\.eps; "
+         r"accepted: matcher\.theta, matcher\.max_rounds$"),
+        ("hungarian_scipy", {"theta": 2}, r"'hungarian_scipy' has no setting matcher\.theta; "
+         r"accepted: none$"),
+        ("greedy", {"b": 1, "a": 2}, r"no setting matcher\.a, matcher\.b;"),
+        ("auction", {"theta": 1}, r"'auction': matcher\.theta=1 must be an integer >= 2"),
+        ("auction", {"max_rounds": 2.5}, r"matcher\.max_rounds=2\.5 must be an integer"),
+        ("sinkhorn", {"eps_end": 0.0}, r"'sinkhorn': matcher\.eps_end=0\.0 must be a number > 0"),
+        ("sinkhorn", {"num_iters": True}, r"matcher\.num_iters=True must be an integer"),
+    ],
+)  # fmt: skip
+def test_bad_matcher_settings_raise_one_line(name, settings, match):
+    with pytest.raises(ValueError, match=match) as info:
+        get_matcher(name, **settings)
+    assert "\n" not in str(info.value)

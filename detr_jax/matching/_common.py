@@ -127,18 +127,6 @@ def ensure_valid(
     return jnp.where(match < num_q, match, -1).astype(jnp.int32)
 
 
-def assignment_cost(cost: jnp.ndarray, gt_valid: jnp.ndarray, match: jnp.ndarray) -> jnp.ndarray:
-    """Total cost per image of ``match`` on ``cost`` [B, Q, G] -> [B] (valid slots only)."""
-    idx = jnp.clip(match, 0, cost.shape[1] - 1)[:, None, :]
-    picked = jnp.take_along_axis(cost, idx, axis=1)[:, 0, :]
-    return jnp.sum(jnp.where(gt_valid & (match >= 0), picked, 0.0), axis=1)
-
-
-def batch_rows(batch: int) -> jnp.ndarray:
-    """``arange(batch)`` as int32 (index helper for per-image scatters/gathers)."""
-    return jnp.arange(batch, dtype=jnp.int32)
-
-
 class InJitMatcher(Matcher):
     """A matcher solved inside ``jit``: ``prepare`` -> ``solve`` -> ``ensure_valid``.
 
@@ -160,8 +148,6 @@ class InJitMatcher(Matcher):
 
 __all__ = [
     "InJitMatcher",
-    "assignment_cost",
-    "batch_rows",
     "check_inputs",
     "ensure_valid",
     "pad_queries",

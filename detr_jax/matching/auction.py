@@ -42,6 +42,7 @@ import jax.numpy as jnp
 from jax import lax
 
 from detr_jax.matching._common import InJitMatcher
+from detr_jax.matching.base import int_setting
 
 # Scaled integer costs span at most this many units (prices stay far below 2^31).
 INT_RANGE = 2**27
@@ -207,17 +208,20 @@ class AuctionMatcher(InJitMatcher):
     """Auction matcher (eps-scaling, block-Jacobi bids, int32 prices); see the module docstring.
 
     ``__call__(cost [B, Q, G] f32, gt_valid [B, G] bool) -> match [B, G] int32``.
+    The first phase's eps is a quarter of each image's (integer-scaled) cost span and the
+    last phase's is 1 integer unit (``1 / (Q + 1)`` of the quantisation unit); these are
+    fixed, the schedule between them is set by ``theta``.
 
-    Args:
-      theta: eps reduction factor per phase (default 8).
-      max_rounds: bidding rounds over all phases before the greedy fallback (default 20000).
+    Settings:
+      theta: int >= 2, eps reduction factor per phase (default 8; fewer phases with a
+        larger factor, but more rounds per phase).
+      max_rounds: int >= 1, bidding rounds over all phases before the greedy fallback
+        (default 20000; when it is reached the answer is valid but not guaranteed).
     """
 
-    def __init__(self, theta: int = 8, max_rounds: int = 20000):
-        if theta < 2:
-            raise ValueError("theta must be >= 2")
-        self.theta = int(theta)
-        self.max_rounds = int(max_rounds)
+    def __init__(self, theta: int = 8, max_rounds: int = 20000) -> None:
+        self.theta = int_setting("auction", "theta", theta, 2)
+        self.max_rounds = int_setting("auction", "max_rounds", max_rounds, 1)
 
     def solve(self, cost: jnp.ndarray, gt_valid: jnp.ndarray) -> jnp.ndarray:
         batch, total_q = cost.shape[:2]

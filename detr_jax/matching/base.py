@@ -18,12 +18,37 @@ it could not assign; the loss treats such slots as unmatched.)
 from __future__ import annotations
 
 import abc
+import numbers
 
 import jax.numpy as jnp
 
 
+def int_setting(matcher: str, field: str, value: object, minimum: int) -> int:
+    """``value`` of the setting ``matcher.<field>`` as an int ``>= minimum``.
+
+    Raises:
+      ValueError: (one line naming the matcher and ``matcher.<field>``) otherwise.
+    """
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < minimum:
+        raise ValueError(
+            f"matcher {matcher!r}: matcher.{field}={value!r} must be an integer >= {minimum}"
+        )
+    return int(value)
+
+
+def positive_setting(matcher: str, field: str, value: object) -> float:
+    """``value`` of the setting ``matcher.<field>`` as a float ``> 0`` (ValueError otherwise)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not value > 0:
+        raise ValueError(f"matcher {matcher!r}: matcher.{field}={value!r} must be a number > 0")
+    return float(value)
+
+
 class Matcher(abc.ABC):
-    """Bipartite matcher: ``__call__(cost [B,Q,G] f32, gt_valid [B,G] bool) -> [B,G] i32``."""
+    """Bipartite matcher: ``__call__(cost [B,Q,G] f32, gt_valid [B,G] bool) -> [B,G] i32``.
+
+    Settings are the keyword arguments of the constructor (``get_matcher(name, **settings)``;
+    :func:`detr_jax.matching.matcher_settings` lists them). This base has none.
+    """
 
     @abc.abstractmethod
     def __call__(self, cost: jnp.ndarray, gt_valid: jnp.ndarray) -> jnp.ndarray:

@@ -39,7 +39,7 @@ def greedy_solve(cost: jnp.ndarray, gt_valid: jnp.ndarray) -> jnp.ndarray:
 class GreedyMatcher(InJitMatcher):
     """Greedy baseline: ``(cost [B,Q,G] f32, gt_valid [B,G] bool) -> [B,G] int32``.
 
-    Valid assignment always; no optimality bound. No constructor arguments.
+    Valid assignment always; no optimality bound. Settings: none.
     """
 
     def solve(self, cost: jnp.ndarray, gt_valid: jnp.ndarray) -> jnp.ndarray:

@@ -164,7 +164,7 @@ class HungarianJaxMatcher(InJitMatcher):
 
     ``__call__(cost [B, Q, G] f32, gt_valid [B, G] bool) -> match [B, G] int32``.
     Complexity ``O(B G^2 Q)`` worst case, in at most ``O(G^2)`` sequential loop steps.
-    No constructor arguments.
+    Settings: none.
     """
 
     def solve(self, cost: jnp.ndarray, gt_valid: jnp.ndarray) -> jnp.ndarray:

@@ -53,7 +53,7 @@ class HungarianScipyMatcher(Matcher):
 
     ``__call__(cost [B, Q, G] f32, gt_valid [B, G] bool) -> match [B, G] int32``.
     The callback blocks the device step while the host solves; it is exact but
-    serial, so faster on-device matchers exist for large batches.
+    serial, so faster on-device matchers exist for large batches. Settings: none.
     """
 
     def __call__(self, cost: jnp.ndarray, gt_valid: jnp.ndarray) -> jnp.ndarray:

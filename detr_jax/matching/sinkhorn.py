@@ -25,6 +25,7 @@ import jax.numpy as jnp
 
 from detr_jax.matching._common import InJitMatcher
 from detr_jax.matching.auction import auction_int, to_int_costs
+from detr_jax.matching.base import int_setting, positive_setting
 
 
 def sinkhorn_potentials(
@@ -75,11 +76,15 @@ class SinkhornMatcher(InJitMatcher):
 
     ``__call__(cost [B, Q, G] f32, gt_valid [B, G] bool) -> match [B, G] int32``.
 
-    Args:
-      num_iters: Sinkhorn iterations (default 60).
-      eps_start, eps_end: entropic regularisation schedule, relative to the cost span.
-      round_eps: eps of the rounding auction, relative to the cost span (default 1e-3).
-      round_max_rounds: bidding rounds allowed to the rounding auction (default 2000).
+    Settings:
+      num_iters: int >= 1, Sinkhorn iterations (default 60).
+      eps_start, eps_end: floats > 0, entropic regularisation at the first and the last
+        iterations, relative to the cost span (defaults 0.5 and 2e-3; geometric decay over
+        the first 3/4 of the iterations).
+      round_eps: float > 0, eps of the rounding auction, relative to the cost span (default
+        1e-3): the total is within ``Q * round_eps * span`` of the optimum.
+      round_max_rounds: int >= 1, bidding rounds allowed to the rounding auction (default
+        2000; when it is reached a greedy completion keeps the answer valid, no bound).
     """
 
     def __init__(
@@ -89,12 +94,12 @@ class SinkhornMatcher(InJitMatcher):
         eps_end: float = 2e-3,
         round_eps: float = 1e-3,
         round_max_rounds: int = 2000,
-    ):
-        self.num_iters = int(num_iters)
-        self.eps_start = float(eps_start)
-        self.eps_end = float(eps_end)
-        self.round_eps = float(round_eps)
-        self.round_max_rounds = int(round_max_rounds)
+    ) -> None:
+        self.num_iters = int_setting("sinkhorn", "num_iters", num_iters, 1)
+        self.eps_start = positive_setting("sinkhorn", "eps_start", eps_start)
+        self.eps_end = positive_setting("sinkhorn", "eps_end", eps_end)
+        self.round_eps = positive_setting("sinkhorn", "round_eps", round_eps)
+        self.round_max_rounds = int_setting("sinkhorn", "round_max_rounds", round_max_rounds, 1)
 
     def solve(self, cost: jnp.ndarray, gt_valid: jnp.ndarray) -> jnp.ndarray:
         total_q = cost.shape[1]
