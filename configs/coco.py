@@ -37,7 +37,7 @@ def get_config():
     c.model.queries.num_queries = 100
     c.model.transformer.dropout = 0.1
     c.optim.lr = 1e-4
-    c.optim.param_rules = [("^backbone/", 0.1)]  # backbone lr 1e-5
+    c.optim.param_rules = (("^backbone/", 0.1),)  # backbone lr 1e-5
     c.optim.weight_decay = 1e-4
     c.optim.clip_norm = 0.1
     c.optim.warmup_steps = 0

@@ -35,7 +35,7 @@ def get_config():
     c.model.backbone.norm = "frozen_bn"
     c.model.queries.num_queries = 100
     c.optim.lr = 1e-4
-    c.optim.param_rules = [("^backbone/", 0.1)]
+    c.optim.param_rules = (("^backbone/", 0.1),)
     c.optim.warmup_steps = 200
     c.optim.schedule = "cosine"
     return c

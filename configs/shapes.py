@@ -50,7 +50,7 @@ def get_config():
 
     o = c.optim
     o.lr = 2e-4
-    o.param_rules = [("^backbone/", 5.0)]  # 1e-3: a from-scratch CNN learns far faster
+    o.param_rules = (("^backbone/", 5.0),)  # 1e-3: a from-scratch CNN learns far faster
     o.warmup_steps = 200
     o.schedule = "cosine"
     return c

@@ -10,7 +10,7 @@ from detr_jax import transfer
 from detr_jax.core import sharding
 from detr_jax.data import DATASET_CHOICES, SHAPES_SPECS
 from detr_jax.losses import loss_problems
-from detr_jax.matching import MATCHERS
+from detr_jax.matching import MATCHERS, check_cost_weights, get_matcher
 from detr_jax.models import model_problems
 from detr_jax.models.norms import NORM_CHOICES
 from detr_jax.models.position_encoding import POSITION_EMBEDDING_CHOICES
@@ -57,6 +57,7 @@ def validate_config(config: Any, num_devices: int, workdir: str | None = None) -
     if config.dataset == "shapes":
         choice("shapes.spec", config.shapes.spec, tuple(SHAPES_SPECS))
     choice("matcher.name", config.matcher.name, tuple(MATCHERS))
+    _check_matcher(config.matcher, need)
     choice("optim.schedule", config.optim.schedule, SCHEDULE_CHOICES)
     for field in ("total_steps", "batch_size", "num_classes", "max_boxes", "eval.batch_size",
                   "log_every", "keep_checkpoints", "max_consecutive_nonfinite",
@@ -93,6 +94,20 @@ def validate_config(config: Any, num_devices: int, workdir: str | None = None) -
         need(problem is None, f"workdir={workdir!r} is not writable ({problem})")
     if errors:
         raise ConfigError("invalid config:\n  " + "\n  ".join(errors))
+
+
+def _check_matcher(mt: Any, need: Any) -> None:
+    """The matcher's own settings (every field but `name` and `costs`) and the cost terms."""
+    try:
+        check_cost_weights(mt.get("costs", {}))
+    except ValueError as e:
+        need(False, f"matcher.costs: {e}")
+    if mt.name in MATCHERS:
+        settings = {k: v for k, v in mt.items() if k not in ("name", "costs")}
+        try:
+            get_matcher(mt.name, **settings)
+        except (TypeError, ValueError) as e:
+            need(False, str(e))
 
 
 def _get(config: Any, field: str) -> Any:

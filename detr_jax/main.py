@@ -27,6 +27,8 @@ from detr_jax.config_validation import ConfigError
 from detr_jax.core import distributed
 from detr_jax.core.checkpointing import CheckpointMismatchError
 from detr_jax.data.coco_json import DataError
+from detr_jax.models import PartConfigError
+from detr_jax.optim import ParamRuleError
 
 FLAGS = flags.FLAGS
 flags.DEFINE_string("workdir", None, "Directory for checkpoints, metrics and results.")
@@ -61,7 +63,8 @@ def main(argv: list[str]) -> None:
     )
     try:
         metrics = train.train_and_evaluate(FLAGS.config, FLAGS.workdir)
-    except (ConfigError, CheckpointMismatchError, DataError) as e:
+    except (ConfigError, CheckpointMismatchError, DataError, ParamRuleError,
+            PartConfigError) as e:
         logging.error("%s", e)
         sys.exit(2)
     except train.NonFiniteStop as e:

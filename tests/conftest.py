@@ -55,7 +55,7 @@ def tiny_config(**overrides):
     m.transformer.dim_feedforward = 64
     m.queries.num_queries = 10
     c.optim.lr = 1e-3
-    c.optim.param_rules = []
+    c.optim.param_rules = ()
     c.optim.schedule = "constant"
     c.matcher.name = "hungarian_jax"  # cacheable (see the top of this file); exact, like scipy
     for k, v in overrides.items():

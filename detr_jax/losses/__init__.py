@@ -71,7 +71,8 @@ def build_criterion(config: Any) -> Criterion:
     matcher = get_matcher(mt.name, **settings)
     ls = config.loss
     terms = {name: dict(s) for name, s in ls.terms.items()}
-    return Criterion(terms, dict(ls.weights), LOSS_TERMS, matcher, dict(mt.costs), ls.aux_loss)
+    costs = {k: (v.to_dict() if hasattr(v, "to_dict") else v) for k, v in mt.costs.items()}
+    return Criterion(terms, dict(ls.weights), LOSS_TERMS, matcher, costs, ls.aux_loss)
 
 
 __all__ = ["LOSS_TERMS", "Criterion", "LossTerm", "Targets", "build_criterion", "loss_problems",

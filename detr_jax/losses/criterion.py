@@ -28,7 +28,7 @@ import jax.numpy as jnp
 
 from detr_jax.losses.targets import Targets
 from detr_jax.matching.base import Matcher, match_to_query_targets
-from detr_jax.matching.costs import detr_cost
+from detr_jax.matching.costs import matching_cost
 from detr_jax.models.queries.groups import fold_query_groups
 
 
@@ -44,7 +44,8 @@ class Criterion:
       terms: {term name: settings dict}, in the order the losses are summed.
       weights: {loss name: weight}; every name must be produced by some term.
       term_fns: {term name: (fn, needs_matching, ...)} (the registry, `LOSS_TERMS`).
-      matcher: a detr_jax.matching Matcher; costs: {cost term: weight} of the matching cost.
+      matcher: a detr_jax.matching Matcher; costs: {cost term: weight or {weight, **kw}}
+        of the matching cost (detr_jax.matching.matching_cost, in this order).
       aux_loss: apply the matched terms to every decoder layer (else the last only).
     """
 
@@ -63,11 +64,9 @@ class Criterion:
         """One matcher call for all layers: [L, B, Q, *] predictions -> match [L, B, G]."""
         num_layers, batch = logits.shape[:2]
         tile = lambda x: _flatten_layers(jnp.broadcast_to(x, (num_layers,) + x.shape))
-        c = self.costs
-        cost = detr_cost(
+        cost = matching_cost(
             _flatten_layers(logits), _flatten_layers(boxes), tile(gt_labels), tile(gt_boxes),
-            tile(gt_valid), c.get("class", 0.0), c.get("bbox", 0.0), c.get("giou", 0.0),
-            query_valid=tile(query_valid),
+            tile(gt_valid), self.costs, query_valid=tile(query_valid),
         )  # [L*B, Q, G]
         match = self.matcher(cost, tile(gt_valid))
         return match.reshape(num_layers, batch, gt_labels.shape[-1]).astype(jnp.int32)
