@@ -105,7 +105,7 @@ def _get(config: Any, field: str) -> Any:
 def _check_part_values(config: Any, need: Any, choice: Any) -> None:
     """Values of the standard parts' fields (each check runs when the part has the field)."""
     m = config.model
-    b, n, t, q = m.backbone.name, m.neck, m.transformer, m.queries
+    b, n, t, q = m.backbone, m.neck, m.transformer, m.queries
     if "norm" in b:
         choice("model.backbone.norm", b.norm, NORM_CHOICES)
     if "frozen_stages" in b:
