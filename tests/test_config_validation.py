@@ -38,6 +38,8 @@ def test_tiny_config_is_valid(tmp_path):
         ({"matcher.name": "munkres"}, "matcher.name='munkres'", "hungarian_scipy"),
         ({"model.backbone.name": "vgg16"}, "model.backbone.name='vgg16'", "resnet50"),
         ({"model.backbone.norm": "ln"}, "model.backbone.norm='ln'", "frozen_bn"),
+        ({"model.backbone.conv_weight_grad": "fft"}, "model.backbone.conv_weight_grad='fft'",
+         "gemm"),
         ({"model.backbone.frozen_stages": 6}, "model.backbone.frozen_stages=6", "(0, 1, 2"),
         ({"model.neck.level": "C6"}, "model.neck.level='C6'", "C5"),
         ({"model.neck.position_embedding": "rope"}, "model.neck.position_embedding='rope'",
