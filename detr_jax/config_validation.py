@@ -12,6 +12,7 @@ from detr_jax.data import DATASET_CHOICES, SHAPES_SPECS
 from detr_jax.losses import loss_problems
 from detr_jax.matching import MATCHERS, check_cost_weights, get_matcher
 from detr_jax.models import model_problems
+from detr_jax.models.conv import WEIGHT_GRAD_CHOICES
 from detr_jax.models.norms import NORM_CHOICES
 from detr_jax.models.position_encoding import POSITION_EMBEDDING_CHOICES
 from detr_jax.models.transformers import ATTENTION_CHOICES
@@ -120,9 +121,11 @@ def _get(config: Any, field: str) -> Any:
 def _check_part_values(config: Any, need: Any, choice: Any) -> None:
     """Values of the standard parts' fields (each check runs when the part has the field)."""
     m = config.model
-    b, n, t, q = m.backbone.name, m.neck, m.transformer, m.queries
+    b, n, t, q = m.backbone, m.neck, m.transformer, m.queries
     if "norm" in b:
         choice("model.backbone.norm", b.norm, NORM_CHOICES)
+    if "conv_weight_grad" in b:
+        choice("model.backbone.conv_weight_grad", b.conv_weight_grad, WEIGHT_GRAD_CHOICES)
     if "frozen_stages" in b:
         choice("model.backbone.frozen_stages", b.frozen_stages, (0, 1, 2, 3, 4, 5))
     if "level" in n:

@@ -38,7 +38,7 @@ from ml_collections import ConfigDict  # noqa: E402
 
 from detr_jax import data, train  # noqa: E402
 from detr_jax.core import sharding  # noqa: E402
-from detr_jax.matching import get_matcher  # noqa: E402
+from detr_jax.losses import build_criterion  # noqa: E402
 from detr_jax.models import build_model  # noqa: E402
 
 MESHES = {"data8": {"data": -1, "fsdp": 1}, "data2_fsdp4": {"data": 2, "fsdp": 4}}
@@ -75,8 +75,8 @@ def main(names: list[str]) -> None:
     t0 = time.time()
     # Cheap to compile: the backbone's backward pass is what costs, so it stops after layer2
     # (BatchNorm still normalises with the global batch statistics in every stage).
-    config = tiny_config(**{"batch_size": 8, "model.transformer.enc_layers": 0, "model.transformer.dec_layers": 2,
-                            "model.backbone.frozen_stages": 3,
+    config = tiny_config(**{"batch_size": 8, "model.transformer.enc_layers": 0,
+                            "model.transformer.dec_layers": 2, "model.backbone.frozen_stages": 3,
                             "matcher.name": "hungarian_scipy"})  # the default: a host callback
     model = build_model(config)
     rng = jax.random.PRNGKey(0)
@@ -85,14 +85,14 @@ def main(names: list[str]) -> None:
     host_batch = next(data.train_batches(
         data.build_dataset(config), global_batch_size=8, start_step=0,
         buckets=config.image_buckets, max_boxes=config.max_boxes))
-    matcher, loss_cfg = get_matcher(config.matcher.name), train.loss_kwargs(config)
+    criterion = build_criterion(config)
 
     def loss_and_grads(state, batch):
         step_rng = jax.random.fold_in(state.rng, state.step)
 
         def f(params):
             outputs, _ = train._apply(model, state, params, batch, True, step_rng)
-            return train.total_loss(outputs, batch, matcher, loss_cfg)
+            return criterion(outputs, batch)
 
         (loss, metrics), grads = jax.value_and_grad(f, has_aux=True)(state.params)
         return loss, metrics["num_boxes"], grads

@@ -33,9 +33,28 @@ def test_tiny_config_is_valid(tmp_path):
 @pytest.mark.parametrize(
     "overrides, field, allowed",
     [
-        ({"model.queries.num_queries": 8, "max_boxes": 8}, "model.queries.num_queries=8", "max_boxes=8"),
+        ({"model.queries.num_queries": 8, "max_boxes": 8}, "model.queries.num_queries=8",
+         "max_boxes=8"),
         ({"matcher.name": "munkres"}, "matcher.name='munkres'", "hungarian_scipy"),
         ({"model.backbone.name": "vgg16"}, "model.backbone.name='vgg16'", "resnet50"),
+        ({"model.backbone.norm": "ln"}, "model.backbone.norm='ln'", "frozen_bn"),
+        ({"model.backbone.conv_weight_grad": "fft"}, "model.backbone.conv_weight_grad='fft'",
+         "gemm"),
+        ({"model.backbone.frozen_stages": 6}, "model.backbone.frozen_stages=6", "(0, 1, 2"),
+        ({"model.neck.level": "C6"}, "model.neck.level='C6'", "C5"),
+        ({"model.neck.position_embedding": "rope"}, "model.neck.position_embedding='rope'",
+         "sine"),
+        ({"model.transformer.attention_impl": "flash"},
+         "model.transformer.attention_impl='flash'", "dot_product"),
+        ({"model.transformer.nheads": 5}, "model.hidden_dim=32", "model.transformer.nheads=5"),
+        ({"model.transformer.dropout": 1.0}, "model.transformer.dropout=1.0", "[0, 1)"),
+        ({"model.queries.num_groups": 0}, "model.queries.num_groups=0", ">= 1"),
+        ({"model.dtype": "float16"}, "model.dtype='float16'", "bfloat16"),
+        ({"loss.terms.labels.label_smoothing": 1.0}, "loss.terms.labels.label_smoothing=1.0",
+         "[0, 1)"),
+        ({"loss.terms.labels": {"eos_coeff": 0.1}}, "loss.terms.labels.eos_coeff", "eos_coef"),
+        ({"loss.weights": {"loss_ce": 1.0, "loss_mask": 1.0}}, "loss.weights.loss_mask",
+         "loss_giou"),
         ({"dataset": "voc"}, "dataset='voc'", "'shapes', 'coco'"),
         ({"shapes.spec": "tiny"}, "shapes.spec='tiny'", "standard"),
         ({"optim.lr": 0.0}, "optim.lr=0.0", "> 0"),
@@ -56,6 +75,22 @@ def test_each_bad_field_is_one_line_naming_it_and_the_choices(overrides, field, 
     line = _one_error(config, num_devices=4 if "batch_size" in overrides else 1)
     assert line.startswith(field), line
     assert allowed in line, line
+
+
+def test_unknown_part_field_is_a_start_up_error_naming_it():
+    config = tiny_config()
+    config.model.backbone.widht = 8  # a typo: never a silent default
+    line = _one_error(config)
+    assert line.startswith("model.backbone.widht: not a field of backbone 'resnet18'"), line
+    assert "'width'" in line, line
+
+
+def test_a_renamed_field_names_its_new_place():
+    for old, new in (("model.num_queries", "model.queries.num_queries"),
+                     ("loss.eos_coef", "loss.terms.labels.eos_coef"),
+                     ("model.backbone_norm", "model.backbone.norm")):
+        with pytest.raises(KeyError, match=f"now {new}"):
+            tiny_config(**{old: 1})
 
 
 def test_all_problems_are_reported_together():

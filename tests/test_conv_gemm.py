@@ -8,9 +8,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from conftest import tiny_config
-from detr_jax.models.backbone import conv_norm
 
-from detr_jax.models import build_model
+from detr_jax.models import build_model, init_variables
+from detr_jax.models.backbones.resnet import conv_norm
 from detr_jax.models.conv import conv_gemm_wgrad
 
 
@@ -51,12 +51,13 @@ def test_model_with_gemm_gradients_and_folded_bn_matches_the_default():
     Slow (two model compiles, ~25 s); the unit tests above cover each piece by default."""
     base = {"model.backbone.norm": "frozen_bn", "model.transformer.dropout": 0.0}
     config = tiny_config(**base)
-    fast = tiny_config(**base, **{"model.backbone.conv_weight_grad": "gemm", "model.backbone.fold_bn": True})
+    fast = tiny_config(**base, **{"model.backbone.conv_weight_grad": "gemm",
+                                  "model.backbone.fold_bn": True})
     images = jnp.asarray(np.random.default_rng(0).normal(size=(2, 64, 64, 3)), jnp.float32)
     mask = jnp.ones((2, 64, 64), bool).at[1, 40:].set(False)
     model, model_fast = build_model(config), build_model(fast)
-    params = model.init(jax.random.PRNGKey(0), images, mask)["params"]
-    params_fast = model_fast.init(jax.random.PRNGKey(0), images, mask)["params"]
+    params = init_variables(model, (64, 64), jax.random.PRNGKey(0))["params"]
+    params_fast = init_variables(model_fast, (64, 64), jax.random.PRNGKey(0))["params"]
     assert jax.tree.map(jnp.shape, params) == jax.tree.map(jnp.shape, params_fast)
 
     # Random frozen statistics, so that folding has something to fold.

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
-from detr_jax.dense_loss import dense_class_loss, dense_targets
+from detr_jax.losses import LOSS_TERMS, Criterion
+from detr_jax.losses.dense import dense_class_loss, dense_targets
+from detr_jax.matching import HungarianScipyMatcher
 
 
 def test_dense_targets_hand_worked():
@@ -81,3 +84,35 @@ def test_dense_loss_weighted_ce_by_hand():
     lse1 = np.log(2 + np.e)
     ce0, ce1 = lse0 - 2.0, lse1 - 1.0
     np.testing.assert_allclose(float(loss), (ce0 + 0.1 * ce1) / 1.1, rtol=1e-6)
+
+
+def test_dense_term_adds_its_weighted_loss_to_the_set_loss():
+    """The `dense` term in the criterion: total = set loss + loss_dense weight * dense loss."""
+    rng = np.random.default_rng(0)
+    outputs = {
+        "pred_logits": jnp.asarray(rng.normal(size=(2, 1, 4, 3)), jnp.float32),
+        "pred_boxes": jnp.asarray(rng.uniform(0.2, 0.6, size=(2, 1, 4, 4)), jnp.float32),
+        "dense_logits": jnp.asarray(rng.normal(size=(1, 2, 2, 3)), jnp.float32),
+        "dense_mask": jnp.array([[[True, True], [True, False]]]),
+    }
+    batch = {
+        "image": jnp.zeros((1, 32, 32, 3)),
+        "size": jnp.array([[32, 24]]),
+        "boxes": jnp.array([[[0.3, 0.3, 0.4, 0.4], [0.7, 0.6, 0.2, 0.3]]]),
+        "labels": jnp.array([[1, 0]]),
+        "box_valid": jnp.array([[True, True]]),
+    }
+    terms = {"labels": {"eos_coef": 0.1}, "boxes": {}, "cardinality": {}}
+    weights = {"loss_ce": 1.0, "loss_bbox": 5.0, "loss_giou": 2.0}
+    costs = {"class": 1.0, "bbox": 5.0, "giou": 2.0}
+    matcher = HungarianScipyMatcher()
+    base = Criterion(terms, weights, LOSS_TERMS, matcher, costs)
+    dense = Criterion({**terms, "dense": {"eos_coef": 0.2}}, {**weights, "loss_dense": 0.5},
+                      LOSS_TERMS, matcher, costs)
+    total, metrics = jax.jit(base)(outputs, batch)
+    total_d, metrics_d = jax.jit(dense)(outputs, batch)
+    expected = dense_class_loss(outputs["dense_logits"], outputs["dense_mask"], batch,
+                                num_classes=2, eos_coef=0.2)
+    np.testing.assert_allclose(metrics_d["loss_dense"], expected, rtol=1e-6)
+    np.testing.assert_allclose(total_d, total + 0.5 * expected, rtol=1e-6)
+    assert "loss_dense" not in metrics

@@ -26,7 +26,7 @@ def test_converted_hf_checkpoint_finetunes_on_shapes_with_new_classes(tmp_path):
     overrides = {k: v for k, v in meta["config_fields"].items() if k != "num_classes"}
     config = tiny_config(**overrides, init_from=ckpt, freeze_backbone_steps=10)
     config.total_steps, config.log_every, config.checkpoint_every = 60, 20, 60
-    config.optim.lr, config.optim.backbone_lr_mult = 1e-3, 0.1
+    config.optim.lr, config.optim.param_rules = 1e-3, [("^backbone/", 0.1)]
     config.model.transformer.dropout = 0.0
     train.train_and_evaluate(config, str(tmp_path / "run"))
     rows = [json.loads(line) for line in open(tmp_path / "run" / "metrics.jsonl")]

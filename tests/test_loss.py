@@ -1,7 +1,9 @@
-"""Tests for detr_jax.losses.detr_loss against hand / numpy computations."""
+"""Tests of the set criterion (detr_jax.losses.Criterion, DETR's terms and weights) against hand
+/ numpy computations."""
 
 from __future__ import annotations
 
+import functools
 import itertools
 
 import jax
@@ -9,15 +11,33 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from detr_jax.losses import detr_loss as _detr_loss
+from detr_jax.config_base import base_config
+from detr_jax.losses import LOSS_TERMS, Criterion, build_criterion
 from detr_jax.matching import HungarianScipyMatcher, Matcher
 
-# Jitted once per (shapes, static options): much faster than eager op-by-op dispatch.
-detr_loss = jax.jit(
-    _detr_loss,
-    static_argnums=(2,),
-    static_argnames=("num_classes", "eos_coef", "label_smoothing", "aux_loss"),
-)
+DETR_WEIGHTS = {"loss_ce": 1.0, "loss_bbox": 5.0, "loss_giou": 2.0}
+DETR_COSTS = {"class": 1.0, "bbox": 5.0, "giou": 2.0}
+
+
+def make_criterion(matcher, eos_coef=0.1, label_smoothing=0.0, aux_loss=True):
+    """DETR's criterion (labels, boxes, cardinality; weights 1 / 5 / 2, costs 1 / 5 / 2)."""
+    terms = {"labels": {"eos_coef": eos_coef, "label_smoothing": label_smoothing},
+             "boxes": {}, "cardinality": {}}
+    return Criterion(terms, DETR_WEIGHTS, LOSS_TERMS, matcher, DETR_COSTS, aux_loss)
+
+
+@functools.cache
+def _jitted(matcher, eos_coef, label_smoothing, aux_loss):
+    # Jitted once per (shapes, options): much faster than eager op-by-op dispatch.
+    criterion = make_criterion(matcher, eos_coef, label_smoothing, aux_loss)
+    return jax.jit(lambda o, b, qv, match: criterion(o, b, query_valid=qv, match=match))
+
+
+def detr_loss(outputs, batch, matcher, *, eos_coef=0.1, label_smoothing=0.0, aux_loss=True,
+              match=None, query_valid=None):
+    """The jitted criterion with DETR's terms, on `outputs` and `batch`."""
+    return _jitted(matcher, eos_coef, label_smoothing, aux_loss)(outputs, batch, query_valid,
+                                                                 match)
 
 MATCHER = HungarianScipyMatcher()
 NUM_CLASSES = 2  # logits have 3 entries, index 2 = no object
@@ -83,7 +103,7 @@ def test_hand_computed_example():
     # inter = 0.1*0.3 = 0.03, union = 0.08+0.08-0.03 = 0.13, enclose = 0.3*0.5 = 0.15
     # giou = 3/13 - 0.02/0.15 = 3/13 - 2/15 = 19/195 -> 1 - giou = 176/195; q0/g0 -> 0.
     expected_giou = (176 / 195) / 2
-    total, m = detr_loss(outputs, batch, MATCHER, num_classes=NUM_CLASSES, eos_coef=0.1)
+    total, m = detr_loss(outputs, batch, MATCHER, eos_coef=0.1)
     np.testing.assert_allclose(m["loss_ce"], expected_ce, rtol=1e-5)
     np.testing.assert_allclose(m["loss_bbox"], expected_l1, rtol=1e-5)
     np.testing.assert_allclose(m["loss_giou"], expected_giou, rtol=1e-5)
@@ -104,9 +124,9 @@ def test_label_smoothing():
     targets = np.eye(3)[[0, 2, 1]] * (1 - alpha) + alpha / 3  # optax.smooth_labels style
     ce = -(targets * logp).sum(-1)
     w = np.array([1.0, 0.1, 1.0])
-    _, m = detr_loss(outputs, batch, MATCHER, num_classes=2, label_smoothing=alpha)
+    _, m = detr_loss(outputs, batch, MATCHER, label_smoothing=alpha)
     np.testing.assert_allclose(m["loss_ce"], (w * ce).sum() / w.sum(), rtol=1e-5)
-    _, m0 = detr_loss(outputs, batch, MATCHER, num_classes=2)
+    _, m0 = detr_loss(outputs, batch, MATCHER)
     assert not np.isclose(m["loss_ce"], m0["loss_ce"])
     np.testing.assert_allclose(m["loss_bbox"], m0["loss_bbox"])
 
@@ -120,11 +140,10 @@ def test_aux_layers_add_up():
         "boxes": jnp.asarray(rng.uniform(0.2, 0.6, size=(2, 3, 4)), jnp.float32),
         "box_valid": jnp.array([[True, True, True], [True, False, False]]),
     }
-    kw = dict(num_classes=3)
-    total, m = detr_loss({"pred_logits": logits, "pred_boxes": boxes}, batch, MATCHER, **kw)
+    total, m = detr_loss({"pred_logits": logits, "pred_boxes": boxes}, batch, MATCHER)
     singles = [
         detr_loss(
-            {"pred_logits": logits[i : i + 1], "pred_boxes": boxes[i : i + 1]}, batch, MATCHER, **kw
+            {"pred_logits": logits[i : i + 1], "pred_boxes": boxes[i : i + 1]}, batch, MATCHER
         )
         for i in range(2)
     ]
@@ -134,7 +153,7 @@ def test_aux_layers_add_up():
         np.testing.assert_allclose(m[f"loss_{k}"], singles[1][1][f"loss_{k}"], rtol=1e-6)
     # aux_loss=False uses only the final layer and emits no aux metrics
     total_last, m_last = detr_loss(
-        {"pred_logits": logits, "pred_boxes": boxes}, batch, MATCHER, aux_loss=False, **kw
+        {"pred_logits": logits, "pred_boxes": boxes}, batch, MATCHER, aux_loss=False
     )
     np.testing.assert_allclose(total_last, singles[1][0], rtol=1e-6)
     assert "loss_ce_0" not in m_last
@@ -154,7 +173,6 @@ def test_num_boxes_normalisation():
             {"pred_logits": logits[:, sl], "pred_boxes": boxes[:, sl]},
             {"labels": labels[sl], "boxes": gt[sl], "box_valid": valid[sl]},
             MATCHER,
-            num_classes=2,
         )[1]
 
     full, first, second = run(slice(0, 2)), run(slice(0, 1)), run(slice(1, 2))
@@ -174,7 +192,8 @@ def test_zero_gt_batch_finite_with_gradient():
         "boxes": jnp.zeros((2, 3, 4), jnp.float32),
         "box_valid": jnp.zeros((2, 3), bool),
     }
-    loss_fn = jax.jit(lambda o: _detr_loss(o, batch, MATCHER, num_classes=2))
+    criterion = make_criterion(MATCHER)
+    loss_fn = jax.jit(lambda o: criterion(o, batch))
     (total, m), grads = jax.value_and_grad(loss_fn, has_aux=True)(outputs)
     assert all(np.isfinite(float(v)) for v in m.values())
     assert float(m["loss_bbox"]) == 0.0 and float(m["loss_giou"]) == 0.0
@@ -189,7 +208,7 @@ def test_zero_gt_batch_finite_with_gradient():
 
 def test_gradient_finite_under_jit_and_matches_fixed_match():
     outputs, batch = make_inputs(num_layers=2)
-    f = lambda o, match=None: detr_loss(o, batch, MATCHER, num_classes=2, match=match)[0]
+    f = lambda o, match=None: detr_loss(o, batch, MATCHER, match=match)[0]
     g = jax.jit(jax.grad(f))(outputs)
     for leaf in jax.tree.leaves(g):
         assert np.all(np.isfinite(np.asarray(leaf)))
@@ -208,12 +227,12 @@ class _FailingMatcher(Matcher):
 def test_precomputed_match_bypasses_matcher():
     outputs, batch = make_inputs(num_layers=2)
     fixed = jnp.array([[[0, 2, -1]]] * 2, jnp.int32)
-    total, _ = detr_loss(outputs, batch, _FailingMatcher(), num_classes=2, match=fixed)
-    ref, _ = detr_loss(outputs, batch, MATCHER, num_classes=2)
+    total, _ = detr_loss(outputs, batch, _FailingMatcher(), match=fixed)
+    ref, _ = detr_loss(outputs, batch, MATCHER)
     np.testing.assert_allclose(total, ref, rtol=1e-6)
     # a deliberately different match changes the loss
     other = jnp.array([[[1, 0, -1]]] * 2, jnp.int32)
-    total_other, _ = detr_loss(outputs, batch, _FailingMatcher(), num_classes=2, match=other)
+    total_other, _ = detr_loss(outputs, batch, _FailingMatcher(), match=other)
     assert float(total_other) > float(total)
 
 
@@ -221,7 +240,7 @@ def test_query_valid_excludes_queries():
     outputs, batch = make_inputs()
     # exclude q2: g1 must then go to q1 and q2 drops out of the CE
     qv = jnp.array([[True, True, False]])
-    _, m = detr_loss(outputs, batch, MATCHER, num_classes=2, query_valid=qv)
+    _, m = detr_loss(outputs, batch, MATCHER, query_valid=qv)
     logp = np_log_softmax(LOGITS)
     ce = -np.array([logp[0, 0], logp[1, 1]])  # q0 -> class 0, q1 -> class 1, weights 1
     np.testing.assert_allclose(m["loss_ce"], ce.mean(), rtol=1e-5)
@@ -234,13 +253,33 @@ def test_image_valid_filler_images_ignored_in_ce():
     two = {k: jnp.concatenate([v, v], axis=1) for k, v in outputs.items()}
     batch2 = {k: jnp.concatenate([v, jnp.zeros_like(v)], axis=0) for k, v in batch.items()}
     batch2["image_valid"] = jnp.array([True, False])
-    _, m1 = detr_loss(outputs, batch, MATCHER, num_classes=2)
-    _, m2 = detr_loss(two, batch2, MATCHER, num_classes=2)
+    _, m1 = detr_loss(outputs, batch, MATCHER)
+    _, m2 = detr_loss(two, batch2, MATCHER)
     for k in ("loss_ce", "loss_bbox", "loss_giou", "cardinality_error", "class_error"):
         np.testing.assert_allclose(m2[k], m1[k], rtol=1e-6)
 
 
 def test_shape_errors():
     outputs, batch = make_inputs()
-    with pytest.raises(ValueError, match="classes"):
-        detr_loss(outputs, batch, MATCHER, num_classes=3)
+    # The criterion takes C from the logits (C + 1 entries); boxes must match them.
+    bad = dict(outputs, pred_boxes=outputs["pred_boxes"][:, :, :2])
+    with pytest.raises(ValueError, match=r"pred_boxes \[L,B,Q,4\]"):
+        detr_loss(bad, batch, MATCHER)
+    with pytest.raises(ValueError, match="match must be"):
+        detr_loss(outputs, batch, MATCHER, match=jnp.zeros((1, 1, 2), jnp.int32))
+
+
+def test_build_criterion_from_the_base_config_is_detrs_criterion():
+    """base_config's loss / matcher sections give the criterion above (same total, metrics)."""
+    config = base_config()
+    criterion = build_criterion(config)
+    assert set(criterion.terms) == {"labels", "boxes", "cardinality"}
+    assert criterion.weights == DETR_WEIGHTS and criterion.costs == DETR_COSTS
+    assert criterion.aux_loss and isinstance(criterion.matcher, HungarianScipyMatcher)
+    outputs, batch = make_inputs(num_layers=2)
+    total, m = jax.jit(criterion)(outputs, batch)
+    ref_total, ref = detr_loss(outputs, batch, MATCHER)
+    np.testing.assert_allclose(total, ref_total, rtol=1e-6)
+    assert set(m) == set(ref)
+    for k in ref:
+        np.testing.assert_allclose(m[k], ref[k], rtol=1e-6)

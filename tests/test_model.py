@@ -11,7 +11,8 @@ import pytest
 from conftest import tiny_config
 
 from detr_jax.core.compile_options import jit_once
-from detr_jax.models import build_model
+from detr_jax.models import build_model, init_variables
+from detr_jax.models.backbones.resnet import ResNet
 from detr_jax.models.position_encoding import sine_position_embedding
 
 
@@ -49,9 +50,14 @@ def test_sine_embedding_ignores_padding():
     np.testing.assert_allclose(a, b, atol=1e-6)
 
 
+def _init(model, image_hw, rng):
+    return jit_once(lambda r: init_variables(model, image_hw, r))(rng)
+
+
 def _randomised_variables(model, rng, images, mask):
     """Init, then give every norm non-trivial statistics so the padding test has teeth."""
-    variables = jit_once(model.init)({"params": rng}, images, mask)
+    del mask
+    variables = _init(model, images.shape[1:3], rng)
     leaves, treedef = jax.tree.flatten(variables)
     keys = jax.random.split(jax.random.PRNGKey(7), len(leaves))
     noisy = [
@@ -104,9 +110,10 @@ def test_output_shapes_and_ranges():
     model = build_model(config)
     images = jnp.zeros((2, 96, 96, 3))
     mask = jnp.ones((2, 96, 96), bool).at[1, 60:].set(False)
-    variables = jit_once(model.init)({"params": jax.random.PRNGKey(0)}, images, mask)
+    variables = _init(model, (96, 96), jax.random.PRNGKey(0))
     out = jax.jit(model.apply)(variables, images, mask)
-    L, Q, C = config.model.transformer.dec_layers, config.model.queries.num_queries, config.num_classes
+    L, Q = config.model.transformer.dec_layers, config.model.queries.num_queries
+    C = config.num_classes
     assert out["pred_logits"].shape == (L, 2, Q, C + 1)
     assert out["pred_boxes"].shape == (L, 2, Q, 4)
     assert bool(jnp.all((out["pred_boxes"] >= 0) & (out["pred_boxes"] <= 1)))
@@ -121,23 +128,21 @@ def test_output_shapes_and_ranges():
     [(18, False, 32, 64), (18, True, 16, 64), (50, False, 32, 256)],
 )
 def test_backbone_strides_and_channels(depth, dilation, stride, channels):
-    from detr_jax.models.backbone import ResNet
-
     net = ResNet(depth=depth, width=8, norm="gn", dilation=dilation, return_levels=("C4", "C5"))
     x = jnp.zeros((1, 64, 96, 3))
     m = jnp.ones((1, 64, 96), bool)
     out, _ = jit_once(net.init_with_output)({"params": jax.random.PRNGKey(0)}, x, m)
-    feats, fmask = out["C5"]
+    feats, fmask, feat_stride = out["C5"]
     assert feats.shape == (1, 64 // stride, 96 // stride, channels)
     assert fmask.shape == feats.shape[:3]
+    assert feat_stride == stride
     assert out["C4"][0].shape[1] == 64 // 16
+    assert out["C4"].stride == 16
 
 
 @pytest.mark.parametrize("dilation,stride", [(False, 16), (True, 8)])
 def test_backbone_stops_at_the_deepest_level_asked_for(dilation, stride):
     """C4 alone: layer4 is not built, and dilation then applies to layer3 (stride 8)."""
-    from detr_jax.models.backbone import ResNet
-
     net = ResNet(depth=18, width=8, norm="bn", dilation=dilation, return_levels=("C4",))
     x = jnp.zeros((1, 64, 96, 3))
     out, variables = net.init_with_output(
@@ -157,6 +162,6 @@ def test_empty_pixel_mask_is_finite():
     model = build_model(config)
     images = jnp.zeros((1, 96, 96, 3))
     mask = jnp.zeros((1, 96, 96), bool)
-    variables = jit_once(model.init)({"params": jax.random.PRNGKey(0)}, images, jnp.ones_like(mask))
+    variables = _init(model, (96, 96), jax.random.PRNGKey(0))
     out = jax.jit(model.apply)(variables, images, mask)
     assert all(bool(jnp.all(jnp.isfinite(v))) for v in out.values())

@@ -14,8 +14,8 @@ from detr_jax import train
 from detr_jax.data.batching import collate
 from detr_jax.data.shapes import STANDARD_SHAPES, generate_sample
 from detr_jax.inference import Predictor
-from detr_jax.matching import get_matcher
-from detr_jax.models import build_model
+from detr_jax.losses import build_criterion
+from detr_jax.models import build_model, init_variables
 
 
 def _batch(config, n=2):
@@ -29,16 +29,20 @@ def _batch(config, n=2):
 
 def _variables(config, batch, seed=0):
     model = build_model(config)
-    return model, model.init(
-        {"params": jax.random.PRNGKey(seed)}, batch["image"], batch["pixel_mask"]
-    )
+    return model, init_variables(model, batch["image"].shape[1:3], jax.random.PRNGKey(seed))
+
+
+def _criterion(config):
+    """The config's criterion with the exact scipy matcher (the default)."""
+    config = config.copy_and_resolve_references()
+    config.matcher.name = "hungarian_scipy"
+    return build_criterion(config)
 
 
 def _loss_and_grads(config, variables, batch):
     """Training-mode loss and parameter gradients (dropout rng fixed, batch stats mutable)."""
     model = build_model(config)
-    loss_cfg = train.loss_kwargs(config)
-    matcher = get_matcher("hungarian_scipy")
+    criterion = _criterion(config)
     rngs = {"dropout": jax.random.PRNGKey(3), "droppath": jax.random.PRNGKey(4)}
 
     def loss_fn(params):
@@ -46,7 +50,7 @@ def _loss_and_grads(config, variables, batch):
             {**variables, "params": params}, batch["image"], batch["pixel_mask"], train=True,
             rngs=rngs, mutable=["batch_stats"],
         )
-        return train.total_loss(out, batch, matcher, loss_cfg)[0]
+        return criterion(out, batch)[0]
 
     return jax.jit(jax.value_and_grad(loss_fn))(variables["params"])
 
@@ -90,7 +94,7 @@ def test_bfloat16_train_step_has_finite_loss_and_float32_state(ref):
     step = jax.jit(
         functools.partial(
             train.train_step, model=model, tx=tx, schedule=schedule,
-            matcher=get_matcher("hungarian_scipy"), loss_cfg=train.loss_kwargs(config),
+            criterion=_criterion(config),
         )
     )
     for _ in range(2):
@@ -115,7 +119,8 @@ def _assert_same_loss_and_grads(ref, config, rtol=1e-4, atol=1e-5):
 
 def test_remat_gives_the_same_loss_and_gradients(ref):
     """Backbone (trainable BN: batch_stats are mutable inside the remat), encoder, decoder."""
-    remat = {f"model.remat_{part}": True for part in ("backbone", "encoder", "decoder")}
+    remat = {"model.backbone.remat": True, "model.transformer.remat_encoder": True,
+             "model.transformer.remat_decoder": True}
     _assert_same_loss_and_grads(ref, _variant(**remat))
 
 
@@ -125,8 +130,10 @@ def test_remat_with_dropout_gives_the_same_loss_and_gradients():
     batch = _batch(config)
     _, variables = _variables(config, batch)
     loss, grads = _loss_and_grads(config, variables, batch)
-    remat = {f"model.remat_{part}": True for part in ("backbone", "encoder", "decoder")}
-    config_r = tiny_config(**{"model.transformer.dropout": 0.1, "model.transformer.drop_path": 0.1, **remat})
+    remat = {"model.backbone.remat": True, "model.transformer.remat_encoder": True,
+             "model.transformer.remat_decoder": True}
+    config_r = tiny_config(**{"model.transformer.dropout": 0.1,
+                              "model.transformer.drop_path": 0.1, **remat})
     _assert_same_loss_and_grads((config, batch, variables, None, loss, grads), config_r)
 
 

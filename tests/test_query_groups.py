@@ -5,16 +5,21 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
-from detr_jax.models.query_groups import fold_query_groups, group_self_attn_mask
 
 from detr_jax.core.compile_options import jit_once
-from detr_jax.losses import detr_loss
+from detr_jax.losses import LOSS_TERMS, Criterion, build_criterion
 from detr_jax.matching import HungarianScipyMatcher
-from detr_jax.models import build_model
-from detr_jax.train import loss_kwargs, total_loss
+from detr_jax.models import build_model, init_variables
+from detr_jax.models.queries.groups import fold_query_groups, group_self_attn_mask
 from tests.conftest import tiny_config
 
 MATCHER = HungarianScipyMatcher()
+# DETR's criterion: labels (eos_coef 0.1), boxes, cardinality; weights and costs 1 / 5 / 2.
+CRITERION = Criterion(
+    {"labels": {"eos_coef": 0.1}, "boxes": {}, "cardinality": {}},
+    {"loss_ce": 1.0, "loss_bbox": 5.0, "loss_giou": 2.0}, LOSS_TERMS, MATCHER,
+    {"class": 1.0, "bbox": 5.0, "giou": 2.0},
+)
 
 
 def test_group_mask_is_block_diagonal():
@@ -44,16 +49,21 @@ def _random_problem(seed=0, num_layers=2, bsz=2, groups=3, queries=4, gts=3, cla
 def test_folded_loss_is_the_mean_of_each_group_matched_alone():
     groups, queries = 3, 4
     outputs, batch = _random_problem(groups=groups, queries=queries)
-    kwargs = dict(num_classes=3, eos_coef=0.1)
     folded_out, folded_batch = fold_query_groups(outputs, batch, groups)
     assert folded_out["pred_logits"].shape == (2, 2 * groups, queries, 4)
-    loss_fn = jax.jit(detr_loss, static_argnums=2, static_argnames=tuple(kwargs))  # not eager
-    loss, metrics = loss_fn(folded_out, folded_batch, MATCHER, **kwargs)
+    loss_fn = jax.jit(CRITERION)  # not eager
+    loss, metrics = loss_fn(folded_out, folded_batch)
+    # The criterion folds by itself when the outputs say how many groups they hold.
+    grouped_loss, grouped_metrics = jax.jit(
+        lambda o, b: CRITERION(dict(o, num_query_groups=groups), b))(outputs, batch)
+    np.testing.assert_array_equal(grouped_loss, loss)
+    for key, value in metrics.items():
+        np.testing.assert_array_equal(grouped_metrics[key], value)
     per_group = []
     for g in range(groups):
         sl = slice(g * queries, (g + 1) * queries)
         out_g = {k: v[:, :, sl] for k, v in outputs.items()}
-        per_group.append(loss_fn(out_g, batch, MATCHER, **kwargs)[1])
+        per_group.append(loss_fn(out_g, batch)[1])
     # Box terms: sum over groups / (groups * boxes) = mean over groups. The CE is a weighted
     # mean over all queries whose weights are the same in every group, so it is the mean too.
     for key in ("loss_ce", "loss_bbox", "loss_giou"):
@@ -69,9 +79,7 @@ def test_model_runs_all_groups_in_training_and_group_zero_in_eval():
     model = build_model(config)
     images = jnp.zeros((2, 32, 32, 3))
     pixel_mask = jnp.ones((2, 32, 32), bool)
-    variables = jit_once(model.init, static_argnames="train")(
-        jax.random.PRNGKey(0), images, pixel_mask, train=False
-    )
+    variables = jit_once(lambda r: init_variables(model, (32, 32), r))(jax.random.PRNGKey(0))
     apply = jax.jit(model.apply, static_argnames=("train", "mutable"))  # eager is ~10x slower
     q = config.model.queries.num_queries
     assert variables["params"]["group_query_embed"].shape == (2 * q, config.model.hidden_dim)
@@ -93,7 +101,8 @@ def test_model_runs_all_groups_in_training_and_group_zero_in_eval():
         out_moved["pred_boxes"][:, :, :q], out_train["pred_boxes"][:, :, :q], atol=1e-6
     )
     assert not np.allclose(out_moved["pred_boxes"][:, :, q:], out_train["pred_boxes"][:, :, q:])
-    # total_loss folds the training output and leaves the eval output alone.
+    # The criterion folds the training output (3 groups) and leaves the eval output alone.
+    assert out_train["num_query_groups"] == 3 and out_eval["num_query_groups"] == 1
     batch = {
         "image": images,
         "pixel_mask": pixel_mask,
@@ -102,7 +111,7 @@ def test_model_runs_all_groups_in_training_and_group_zero_in_eval():
         "box_valid": jnp.array([[True, False], [True, True]]),
         "size": jnp.full((2, 2), 32, jnp.int32),
     }
-    cfg = loss_kwargs(config)
+    criterion = build_criterion(tiny_config(**{"matcher.name": "hungarian_scipy"}))
     for out in (out_train, out_eval):
-        loss, _ = total_loss(out, batch, MATCHER, cfg)
+        loss, _ = criterion(out, batch)  # eager: jit returns num_query_groups as an array
         assert np.isfinite(float(loss))

@@ -11,14 +11,16 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from detr_jax.models.transformer import DropPath, Transformer, drop_path
+from detr_jax.models.transformers.detr import DetrTransformer
+from detr_jax.models.transformers.layers import DropPath, drop_path
 
 
 def test_drop_path_rates_rise_linearly_with_depth():
-    model = Transformer(hidden_dim=16, num_heads=2, num_encoder_layers=4, num_decoder_layers=3,
-                        dim_feedforward=16, dropout=0.0, drop_path=0.3)
-    src, pos = jnp.zeros((2, 5, 16)), jnp.zeros((2, 5, 16))
-    mask, qpos = jnp.ones((2, 5), bool), jnp.zeros((2, 3, 16))
+    model = DetrTransformer(hidden_dim=16, nheads=2, enc_layers=4, dec_layers=3,
+                            dim_feedforward=16, dropout=0.0, drop_path=0.3)
+    memory_in = {"tokens": jnp.zeros((2, 5, 16)), "pos": jnp.zeros((2, 5, 16)),
+                 "mask": jnp.ones((2, 5), bool)}
+    queries = {"query_pos": jnp.zeros((2, 3, 16)), "tgt": None, "self_attn_mask": None}
     rates: dict[str, float] = {}
 
     def record(next_fun, args, kwargs, context):
@@ -27,9 +29,9 @@ def test_drop_path_rates_rise_linearly_with_depth():
             rates.setdefault(layer, context.module.rate)
         return next_fun(*args, **kwargs)
 
-    variables = model.init(jax.random.PRNGKey(0), src, mask, pos, qpos)
+    variables = model.init(jax.random.PRNGKey(0), memory_in, queries)
     with nn.intercept_methods(record):
-        model.apply(variables, src, mask, pos, qpos, train=True,
+        model.apply(variables, memory_in, queries, train=True,
                     rngs={"dropout": jax.random.PRNGKey(1), "droppath": jax.random.PRNGKey(2)})
     enc = [rates[f"encoder_layers_{i}"] for i in range(4)]
     dec = [rates[f"decoder_layers_{i}"] for i in range(3)]

@@ -181,9 +181,9 @@ def test_corrupt_latest_checkpoint_falls_back_to_the_previous_one(cli_run, tmp_p
     import jax
     from conftest import tiny_config
 
-    from detr_jax import optim, train
+    from detr_jax import train
     from detr_jax.core import checkpointing
-    from detr_jax.models import build_model, variable_shapes
+    from detr_jax.models import build_model
 
     straight, _ = cli_run
     shutil.copytree(straight / "checkpoints", tmp_path / "checkpoints")
@@ -191,8 +191,7 @@ def test_corrupt_latest_checkpoint_falls_back_to_the_previous_one(cli_run, tmp_p
     config = tiny_config()
     model = build_model(config)
     rng = jax.random.PRNGKey(0)
-    shapes = variable_shapes(model, tuple(config.image_buckets[0]))["params"]
-    tx, _ = optim.make_optimizer(config.optim, config.total_steps, shapes, 0)
+    tx, _ = train.make_optimizer_for(config, model, rng)  # as the training run built it
     template = jax.eval_shape(lambda r: train.create_train_state(config, model, tx, r), rng)
     manager = checkpointing.make_manager(str(tmp_path), every=3, keep=3)
     restored, meta = checkpointing.restore_latest(manager, template)

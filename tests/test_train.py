@@ -16,7 +16,8 @@ from detr_jax.core import checkpointing
 from detr_jax.data.batching import collate
 from detr_jax.data.shapes import STANDARD_SHAPES, generate_sample
 from detr_jax.evaluation.postprocess import postprocess
-from detr_jax.models import build_model
+from detr_jax.losses import build_criterion
+from detr_jax.models import build_model, variable_shapes
 from detr_jax.ops.box_ops import box_cxcywh_to_xyxy, pairwise_iou
 
 
@@ -37,8 +38,6 @@ def _two_image_batch(config):
 @pytest.fixture(scope="module")
 def tiny():
     """One tiny config, model, initial state and jitted train step shared by the tests below."""
-    from detr_jax.matching import get_matcher
-
     config = tiny_config(**{"model.transformer.dropout": 0.0, "optim.lr": 1e-3})
     model, tx, schedule, state = _setup(config)
     step = jax.jit(
@@ -47,8 +46,7 @@ def tiny():
             model=model,
             tx=tx,
             schedule=schedule,
-            matcher=get_matcher("hungarian_scipy"),
-            loss_cfg=train.loss_kwargs(config),
+            criterion=build_criterion(tiny_config(**{"matcher.name": "hungarian_scipy"})),
         )
     )
     apply = jax.jit(lambda v, x, m: model.apply(v, x, m))
@@ -118,31 +116,35 @@ def test_frozen_parameters_get_exactly_zero_updates_and_backbone_lr_multiplier()
             "model.backbone.norm": "frozen_bn",
             "model.backbone.frozen_stages": 2,
             "optim.weight_decay": 0.0,
-            "optim.backbone_lr_mult": 0.1,
+            "optim.param_rules": [("^backbone/", 0.1)],
             "optim.clip_norm": 0.0,
             "optim.lr": 1e-3,
         }
     )
     model, tx, _, state = _setup(config)
-    labels = optim.param_labels(state.params, 2)
+    labels = optim.param_labels(state.params, optim.optimizer_rules(config, model, state.params))
     assert labels["backbone"]["conv1"]["kernel"] == "frozen"
     assert labels["backbone"]["layer1_0"]["conv1"]["kernel"] == "frozen"
-    assert labels["backbone"]["layer2_0"]["conv1"]["kernel"] == "backbone"
+    assert labels["backbone"]["layer2_0"]["conv1"]["kernel"] == "lr_x0.1"
     assert labels["backbone"]["layer2_0"]["bn1"]["running_var"] == "frozen"
     assert labels["backbone"]["layer2_0"]["bn1"]["weight"] == "frozen"
-    assert labels["class_embed"]["kernel"] == "transformer"
+    assert labels["class_embed"]["kernel"] == "lr_x1"
     # Trainable norms (from scratch) are trained, biases included.
-    _, _, _, bn_state = _setup(tiny_config(**{"model.backbone.norm": "bn"}))
-    bn_labels = optim.param_labels(bn_state.params, 0)
-    assert bn_labels["backbone"]["layer2_0"]["bn1"]["bias"] == "backbone"
-    assert bn_labels["backbone"]["bn1"]["scale"] == "backbone"
+    bn_config = tiny_config(**{"model.backbone.norm": "bn",
+                               "optim.param_rules": [("^backbone/", 0.1)]})
+    bn_model = build_model(bn_config)
+    bn_params = variable_shapes(bn_model, tuple(bn_config.image_buckets[0]))["params"]
+    bn_labels = optim.param_labels(
+        bn_params, optim.optimizer_rules(bn_config, bn_model, bn_params))
+    assert bn_labels["backbone"]["layer2_0"]["bn1"]["bias"] == "lr_x0.1"
+    assert bn_labels["backbone"]["bn1"]["scale"] == "lr_x0.1"
     grads = jax.tree.map(lambda p: jnp.full_like(p, 0.5), state.params)
     updates, _ = tx.update(grads, state.opt_state, state.params)
     flat_u = jax.tree.leaves(updates)
     flat_l = jax.tree.leaves(labels)
     for u, lab in zip(flat_u, flat_l, strict=True):
         # First Adam step: m/sqrt(v) = 1, so the update is -lr (x mult), or exactly 0 if frozen.
-        expected = {"frozen": 0.0, "backbone": -1e-4, "transformer": -1e-3}[lab]
+        expected = {"frozen": 0.0, "lr_x0.1": -1e-4, "lr_x1": -1e-3}[lab]
         np.testing.assert_allclose(
             np.asarray(u), expected, rtol=1e-4, atol=0 if lab == "frozen" else 1e-9
         )

@@ -11,6 +11,7 @@ from conftest import tiny_config
 from random_params import random_variables
 
 from detr_jax import optim
+from detr_jax.models import build_model
 from detr_jax.pretrained import save_params_checkpoint
 from detr_jax.train import TrainState
 from detr_jax.transfer import InitFromError, init_from_checkpoint, merge_pretrained
@@ -83,14 +84,15 @@ def test_shape_mismatch_outside_class_head_is_listed(source):
 
 
 def test_freeze_labels():
-    config = tiny_config()
-    shapes = jax.eval_shape(lambda: _variables(config, 0))["params"]
+    model = build_model(tiny_config())
+    shapes = jax.eval_shape(lambda: _variables(tiny_config(), 0))["params"]
     for freeze, trained in (
         ("heads", {"class_embed", "bbox_embed"}),
         ("decoder_and_heads", {"class_embed", "bbox_embed", "query_embed", "transformer/decoder"}),
         ("backbone", {"class_embed", "bbox_embed", "query_embed", "transformer", "input_proj"}),
     ):
-        labels = _flat(optim.param_labels(shapes, 0, freeze))
+        rules = optim.optimizer_rules(tiny_config(freeze=freeze), model, shapes)
+        labels = _flat(optim.param_labels(shapes, rules))
         for key, label in labels.items():
             is_trained = any(key.startswith(t) for t in trained)
             assert (label != "frozen") == is_trained, (freeze, key, label)
@@ -99,7 +101,7 @@ def test_freeze_labels():
 def test_backbone_frozen_for_first_k_steps_then_trained():
     params = {"backbone": {"w": jnp.ones(3)}, "class_embed": {"kernel": jnp.ones(3)}}
     config = tiny_config(**{"optim.weight_decay": 0.1})
-    tx, _ = optim.make_optimizer(config.optim, 100, params, 0, freeze_backbone_steps=3)
+    tx, _ = optim.make_optimizer(config.optim, 100, params, [], freeze_backbone_steps=3)
     state = tx.init(params)
     grads = jax.tree.map(jnp.ones_like, params)
     history = []

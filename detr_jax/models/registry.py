@@ -57,6 +57,12 @@ class Registry(Mapping):
         part_fields(factory)  # fails early for a factory that is not a Module class
         self._parts[name] = factory
 
+    def unregister(self, name: str) -> None:
+        """Removes `name` (for tests and notebooks that register a part for a while)."""
+        if name not in self._parts:
+            raise KeyError(f"{self.kind} {name!r} is not registered")
+        del self._parts[name]
+
     def __getitem__(self, name: str) -> Callable[..., nn.Module]:
         return self._parts[name]
 

@@ -21,7 +21,7 @@ import flax.linen as nn
 import jax
 
 from detr_jax.models.backbones.base import Feature, resize_mask_nearest
-from detr_jax.models.conv import Conv2d
+from detr_jax.models.conv import WEIGHT_GRAD_CHOICES, Conv2d
 from detr_jax.models.norms import NORM_CHOICES, FrozenBatchNorm, make_norm
 
 # depth -> (block kind, blocks per stage)
@@ -162,6 +162,15 @@ class ResNet(nn.Module):
     remat: bool = False
     conv_weight_grad: str = "xla"
     fold_bn: bool = False
+
+    def __post_init__(self) -> None:
+        # Checked when the model is built (start-up), not at the first trace.
+        choices = (("norm", self.norm, NORM_CHOICES),
+                   ("conv_weight_grad", self.conv_weight_grad, WEIGHT_GRAD_CHOICES))
+        for field, value, allowed in choices:
+            if value not in allowed:
+                raise ValueError(f"model.backbone.{field}={value!r}; choose one of {allowed}")
+        super().__post_init__()
 
     def param_rules(self) -> list[tuple[str, str]]:
         """Parameter-group rules this backbone implies, as (regex on paths inside the backbone,
