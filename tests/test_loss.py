@@ -261,17 +261,22 @@ def test_image_valid_filler_images_ignored_in_ce():
 
 def test_shape_errors():
     outputs, batch = make_inputs()
-    # The criterion takes C from the logits (C + 1 entries); boxes must match them.
+    # boxes must match the logits, and the logits the configured classes (C + 1 or C).
     bad = dict(outputs, pred_boxes=outputs["pred_boxes"][:, :, :2])
     with pytest.raises(ValueError, match=r"pred_boxes \[L,B,Q,4\]"):
         detr_loss(bad, batch, MATCHER)
     with pytest.raises(ValueError, match="match must be"):
         detr_loss(outputs, batch, MATCHER, match=jnp.zeros((1, 1, 2), jnp.int32))
+    config = base_config()
+    config.num_classes = outputs["pred_logits"].shape[-1] + 1  # logits have C - 1 columns
+    with pytest.raises(ValueError, match="pred_logits has"):
+        build_criterion(config)(outputs, batch)
 
 
 def test_build_criterion_from_the_base_config_is_detrs_criterion():
     """base_config's loss / matcher sections give the criterion above (same total, metrics)."""
     config = base_config()
+    config.num_classes = 2  # make_inputs' logits: C + 1 = 3
     criterion = build_criterion(config)
     assert set(criterion.terms) == {"labels", "boxes", "cardinality"}
     assert criterion.weights == DETR_WEIGHTS and criterion.costs == DETR_COSTS

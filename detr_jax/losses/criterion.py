@@ -47,11 +47,14 @@ class Criterion:
       matcher: a detr_jax.matching Matcher; costs: {cost term: weight or {weight, **kw}}
         of the matching cost (detr_jax.matching.matching_cost, in this order).
       aux_loss: apply the matched terms to every decoder layer (else the last only).
+      num_classes: C, when given the logits must have C + 1 (softmax, no-object last) or C
+        (sigmoid) columns.
     """
 
     def __init__(self, terms: Mapping[str, Mapping[str, Any]], weights: Mapping[str, float],
                  term_fns: Mapping[str, tuple], matcher: Matcher,
-                 costs: Mapping[str, float], aux_loss: bool = True):
+                 costs: Mapping[str, float], aux_loss: bool = True,
+                 num_classes: int | None = None):
         unknown = [t for t in terms if t not in term_fns]
         if unknown:
             raise ValueError(f"loss.terms: unknown {unknown}; choose from {tuple(term_fns)}")
@@ -59,6 +62,7 @@ class Criterion:
                       for name, settings in terms.items()}
         self.weights = dict(weights)
         self.matcher, self.costs, self.aux_loss = matcher, dict(costs), aux_loss
+        self.num_classes = num_classes
 
     def _match(self, logits, boxes, gt_labels, gt_boxes, gt_valid, query_valid):
         """One matcher call for all layers: [L, B, Q, *] predictions -> match [L, B, G]."""
@@ -120,6 +124,10 @@ class Criterion:
         if logits.ndim != 4 or boxes.shape != logits.shape[:3] + (4,):
             raise ValueError(f"expected pred_logits [L,B,Q,C+1] and pred_boxes [L,B,Q,4], got "
                              f"{logits.shape} and {boxes.shape}")
+        c = self.num_classes
+        if c is not None and logits.shape[-1] not in (c, c + 1):
+            raise ValueError(f"pred_logits has {logits.shape[-1]} classes; num_classes={c} needs "
+                             f"{c + 1} (softmax with no-object) or {c} (sigmoid)")
         total_layers = logits.shape[0]
         if not self.aux_loss:
             logits, boxes = logits[-1:], boxes[-1:]
