@@ -116,7 +116,7 @@ def base_config() -> ml_collections.ConfigDict:
     # the first rule that matches a path decides, unmatched params train at lr x 1. Each rule
     # must match some parameter. The parts' own rules (FrozenBatchNorm, backbone.frozen_stages)
     # and the `freeze` preset come first (detr_jax/optim.py).
-    o.param_rules = [("^backbone/", 0.1)]
+    o.param_rules = (("^backbone/", 0.1),)  # a tuple: overridable from the command line
     o.weight_decay = 1e-4
     o.b1 = 0.9
     o.b2 = 0.999
