@@ -47,8 +47,9 @@ def backbone(args) -> None:
     import jax
     import jax.numpy as jnp
     import torch
-    from detr_jax.models.backbone import ResNet
     from train_step import CONFIGS, synthetic_batch
+
+    from detr_jax.models.backbones.resnet import ResNet
 
     spec = CONFIGS["small"]["spec"]
     images, mask, _, _ = synthetic_batch(args.batch, CONFIGS["small"]["image"], 1)
@@ -56,7 +57,7 @@ def backbone(args) -> None:
     variables = net.init(jax.random.PRNGKey(0), images, mask)
 
     def c5(v):
-        return net.apply(v, images, mask)["C5"][0]
+        return net.apply(v, images, mask)["C5"].features
 
     fwd = args.jit(c5)
     fwd_bwd = args.jit(jax.grad(lambda v: jnp.sum(jnp.square(c5(v)))))

@@ -29,7 +29,6 @@ import os
 import statistics
 import sys
 import time
-from types import SimpleNamespace
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -53,27 +52,48 @@ def peak_tflops(device_kind: str, dtype: str) -> float | None:
     return None
 
 
-def model_config(args, dtype: str) -> SimpleNamespace:
-    """A config namespace for detr_jax.models.build_model: the paper's DETR-R50, or with --smoke
+class Cfg(dict):
+    """A dict with attribute access: the mapping-like config that build_model, optim and the
+    criterion read (ml_collections is not on the GPU machine)."""
+
+    def __getattr__(self, name):
+        try:
+            return self[name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+
+OPTIM = Cfg(lr=1e-4, param_rules=[("^backbone/", 0.1)], weight_decay=1e-4, b1=0.9, b2=0.999,
+            clip_norm=0.1, warmup_steps=0, schedule="constant", lr_drop_step=0,
+            lr_drop_factor=0.1, final_lr_factor=0.01)
+
+
+def model_config(args, dtype: str) -> Cfg:
+    """The config fields that detr_jax.models.build_model and optim.optimizer_rules read (the
+    schema of detr_jax/config_base.py): the paper's DETR-R50, or with --smoke
     tests/hf_reference.py's SMALL (ResNet-18 at width 8, 2+3 layers of d=32)."""
-    m = SimpleNamespace(
-        name="detr", backbone="resnet18" if args.smoke else "resnet50",
-        backbone_width=8 if args.smoke else 64, backbone_norm="frozen_bn", dilation=False,
-        backbone_frozen_stages=2, zero_init_residual=False, mask_backbone_features=args.mask,
-        position_embedding="sine", hidden_dim=32 if args.smoke else 256, nheads=4 if args.smoke
-        else 8, enc_layers=2 if args.smoke else 6, dec_layers=3 if args.smoke else 6,
-        dim_feedforward=64 if args.smoke else 2048, dropout=0.1, drop_path=0.0, pre_norm=False,
-        num_queries=12 if args.smoke else 100, query_init_std=1.0, feature_level="C5",
-        dense_aux_head=False, num_query_groups=1, dtype=dtype, attention_impl=args.attention,
-        remat_backbone=args.remat in ("backbone", "all"), remat_encoder=args.remat == "all",
-        remat_decoder=args.remat == "all",
+    s = args.smoke
+    m = Cfg(
+        name="detr", hidden_dim=32 if s else 256, dtype=dtype,
+        backbone=Cfg(name="resnet18" if s else "resnet50", width=8 if s else 64,
+                     norm="frozen_bn", dilation=False, frozen_stages=2, zero_init_residual=False,
+                     mask_features=args.mask, remat=args.remat in ("backbone", "all")),
+        neck=Cfg(name="single_level", level="C5", position_embedding="sine"),
+        transformer=Cfg(name="detr", nheads=4 if s else 8, enc_layers=2 if s else 6,
+                        dec_layers=3 if s else 6, dim_feedforward=64 if s else 2048, dropout=0.1,
+                        drop_path=0.0, pre_norm=False, attention_impl=args.attention,
+                        remat_encoder=args.remat == "all", remat_decoder=args.remat == "all"),
+        queries=Cfg(name="learned", num_queries=12 if s else 100, init_std=1.0, num_groups=1),
+        heads=Cfg(name="class_box", dense_aux=False),
     )
-    return SimpleNamespace(model=m, num_classes=5 if args.smoke else 91)
+    return Cfg(model=m, num_classes=5 if s else 91, freeze="none", optim=OPTIM)
 
 
-OPTIM = SimpleNamespace(lr=1e-4, backbone_lr_mult=0.1, weight_decay=1e-4, b1=0.9, b2=0.999,
-                        clip_norm=0.1, warmup_steps=0, schedule="constant", lr_drop_step=0,
-                        lr_drop_factor=0.1, final_lr_factor=0.01)
+# DETR's criterion (config_base defaults): terms and their weights, matching costs.
+LOSS_TERMS_CFG = {"labels": {"eos_coef": 0.1, "label_smoothing": 0.0}, "boxes": {},
+                  "cardinality": {}}
+LOSS_WEIGHTS = {"loss_ce": 1.0, "loss_bbox": 5.0, "loss_giou": 2.0}
+MATCH_COSTS = {"class": 1.0, "bbox": 5.0, "giou": 2.0}
 
 
 def timed(fn, steps: int, warmup: int = 1) -> float:
@@ -109,28 +129,27 @@ class JaxDetr:
 
     def __init__(self, args, dtype: str):
         import jax
-        import jax.numpy as jnp
 
         from detr_jax import optim
-        from detr_jax.losses import detr_loss
+        from detr_jax.losses import LOSS_TERMS, Criterion
         from detr_jax.matching import get_matcher
-        from detr_jax.models import build_model
+        from detr_jax.models import build_model, init_variables
 
         self.jax, self.args = jax, args
         cfg = model_config(args, dtype)
         self.num_classes = cfg.num_classes
         self.model = model = build_model(cfg)
-        h, w = args.image
         key = jax.random.PRNGKey(0)
-        self.params = jax.jit(model.init)(key, jnp.zeros((1, h, w, 3)), jnp.ones((1, h, w), bool))[
-            "params"
-        ]
-        self.tx, _ = optim.make_optimizer(OPTIM, 1000, self.params, frozen_stages=2)
+        self.params = jax.jit(lambda r: init_variables(model, args.image, r))(key)["params"]
+        rules = optim.optimizer_rules(cfg, model, self.params)  # frozen BN, stem + layer1
+        self.tx, _ = optim.make_optimizer(OPTIM, 1000, self.params, rules)
         self.opt_state = jax.jit(self.tx.init)(self.params)
         self.matcher = get_matcher(args.matcher)
-        self.loss_fn = lambda out, batch: detr_loss(
-            out, batch, self.matcher, num_classes=self.num_classes, aux_loss=True
-        )
+        criterion = Criterion(LOSS_TERMS_CFG, LOSS_WEIGHTS, LOSS_TERMS, self.matcher, MATCH_COSTS,
+                              aux_loss=True)
+        # The model's group count is a Python int, which a jit boundary would make an array.
+        groups = cfg.model.queries.num_groups
+        self.loss_fn = lambda out, batch: criterion(dict(out, num_query_groups=groups), batch)
 
         def train_step(params, opt_state, batch, rng):
             def loss_of(p):
@@ -185,15 +204,10 @@ class JaxDetr:
         """Milliseconds of the parts, each jitted and timed on its own (rough: no overlap)."""
         jax, jnp, model = self.jax, self.jax.numpy, self.model
         batch, params = self.batch, self.params
-        from detr_jax.models.backbone import ResNet
-
-        bb = ResNet(depth=model.backbone_depth, width=model.backbone.width,
-                    norm=model.backbone.norm, frozen_stages=model.backbone.frozen_stages,
-                    mask_features=model.backbone.mask_features, dtype=model.dtype,
-                    remat=model.backbone.remat)
+        bb = model.backbone.clone(parent=None)  # the model's own ResNet, on its own
 
         def backbone_sum(p):
-            feat, _ = bb.apply({"params": p}, batch["image"], batch["pixel_mask"])["C5"]
+            feat = bb.apply({"params": p}, batch["image"], batch["pixel_mask"])["C5"].features
             return jnp.sum(feat.astype(jnp.float32))
 
         def model_sum(p):

@@ -35,9 +35,10 @@ from train_step import NUM_BOXES, host_batch, synthetic_batch  # noqa: E402
 GIB = 2**30
 
 
-def r50_config(size: int, batch: int, **model):
-    """The paper's DETR-R50 on square `size` images, `batch` per device (one device)."""
-    from detr_jax.config_base import base_config
+def r50_config(size: int, batch: int, overrides: dict | None = None):
+    """The paper's DETR-R50 on square `size` images, `batch` per device (one device), with
+    `overrides` ({dotted field: value}, e.g. {"model.dtype": "bfloat16"}) applied."""
+    from detr_jax.config_base import base_config, set_field
 
     c = base_config()
     c.num_classes = 91
@@ -45,12 +46,12 @@ def r50_config(size: int, batch: int, **model):
     c.image_buckets = [(size, size)]
     c.max_boxes = NUM_BOXES
     c.model.backbone.mask_features = True
-    for k, v in model.items():
-        c.model[k] = v
+    for k, v in (overrides or {}).items():
+        set_field(c, k, v)
     return c
 
 
-def small_config(size: int, batch: int, **model):
+def small_config(size: int, batch: int, overrides: dict | None = None):
     """benchmarks/train_step.py's "small": ResNet-18, 3+3 layers of d=128, 50 queries."""
     c = r50_config(size, batch)
     c.num_classes = 20
@@ -58,8 +59,10 @@ def small_config(size: int, batch: int, **model):
     m.backbone.name, m.hidden_dim = "resnet18", 128
     m.transformer.enc_layers, m.transformer.dec_layers = 3, 3
     m.transformer.dim_feedforward, m.queries.num_queries = 512, 50
-    for k, v in model.items():
-        m[k] = v
+    from detr_jax.config_base import set_field
+
+    for k, v in (overrides or {}).items():
+        set_field(c, k, v)
     return c
 
 
@@ -99,12 +102,13 @@ def compile_train_step(config):
 
 
 def memory(args) -> None:
+    remat_all = {"model.backbone.remat": True, "model.transformer.remat_encoder": True,
+                 "model.transformer.remat_decoder": True}
     variants = {
         "fp32": {},
-        "bf16": {"dtype": "bfloat16"},
-        "fp32 remat all": {"remat_backbone": True, "remat_encoder": True, "remat_decoder": True},
-        "bf16 remat all": {"dtype": "bfloat16", "remat_backbone": True, "remat_encoder": True,
-                           "remat_decoder": True},
+        "bf16": {"model.dtype": "bfloat16"},
+        "fp32 remat all": remat_all,
+        "bf16 remat all": {"model.dtype": "bfloat16", **remat_all},
     }
     print(f"DETR-R50 train step at {args.size}x{args.size}, per device; XLA CPU "
           "memory_analysis (GiB)")
@@ -113,7 +117,7 @@ def memory(args) -> None:
     for name in args.variants.split(","):
         for b in (int(x) for x in args.batches.split(",")):
             compiled, secs, _, _ = compile_train_step(
-                r50_config(args.size, b, **variants[name])
+                r50_config(args.size, b, variants[name])
             )
             m, peak = compiled.memory_analysis(), xla_peak_bytes(compiled)
             print(f"{name:16s} {b:5d} {m.argument_size_in_bytes / GIB:7.2f} "
@@ -163,7 +167,7 @@ def flops(args) -> None:
     import jax
     import jax.numpy as jnp
 
-    from detr_jax.models import build_model
+    from detr_jax.models import build_model, variable_shapes
 
     print("DETR-R50 forward, batch 1: XLA cost_analysis FLOPs vs encoder attention (analytic: "
           "6 layers x 2 matmuls x 2*N^2*d)")
@@ -173,8 +177,8 @@ def flops(args) -> None:
         model = build_model(config)
         x = jax.ShapeDtypeStruct((1, size, size, 3), jnp.float32)
         m = jax.ShapeDtypeStruct((1, size, size), jnp.bool_)
-        params = jax.eval_shape(model.init, jax.random.PRNGKey(0), x, m)
-        total = xla_flops(jax.jit(model.apply).lower(params, x, m).compile())
+        variables = variable_shapes(model, (size, size))
+        total = xla_flops(jax.jit(model.apply).lower(variables, x, m).compile())
         n = (-(-size // 32)) ** 2
         attn = 6 * 2 * 2 * n * n * config.model.hidden_dim
         print(f"{size:5d} {n:8d} {total / 1e9:9.1f} {attn / 1e9:10.1f} {100 * attn / total:6.1f}",

@@ -147,13 +147,14 @@ class JaxSide:
         self.jax = jax
         images, mask, labels, boxes = data
         params, fields = convert_state_dict(ref.state_dict_numpy(hf_model), "hf")
-        config = config_for(
-            fields,
-            nheads=spec["heads"],
-            mask_backbone_features=False,  # as HF: the mask is only resized for attention
-            dropout=0.1,
-            backbone_frozen_stages=2,
-        )
+        config = config_for({
+            **fields,
+            "model.transformer.nheads": spec["heads"],
+            # As HF: the mask is only resized for attention.
+            "model.backbone.mask_features": False,
+            "model.transformer.dropout": 0.1,
+            "model.backbone.frozen_stages": 2,
+        })
         config.batch_size = images.shape[0]
         config.image_buckets = [images.shape[1:3]]
         config.max_boxes = NUM_BOXES

@@ -116,7 +116,7 @@ def base_config() -> ml_collections.ConfigDict:
     # the first rule that matches a path decides, unmatched params train at lr x 1. Each rule
     # must match some parameter. The parts' own rules (FrozenBatchNorm, backbone.frozen_stages)
     # and the `freeze` preset come first (detr_jax/optim.py).
-    o.param_rules = (("^backbone/", 0.1),)
+    o.param_rules = (("^backbone/", 0.1),)  # a tuple: overridable from the command line
     o.weight_decay = 1e-4
     o.b1 = 0.9
     o.b2 = 0.999
@@ -208,6 +208,20 @@ LEGACY_FIELDS: dict[str, str] = {
     "loss.dense_aux_weight": "loss.weights.loss_dense",
     "optim.backbone_lr_mult": "optim.param_rules (the '^backbone/' rule)",
 }
+
+
+def translate_legacy_fields(fields: dict[str, Any]) -> dict[str, Any]:
+    """`fields` (dotted name -> value, e.g. an older converted checkpoint's meta.json
+    `config_fields`) with every renamed field (LEGACY_FIELDS) under its new name; new names
+    are kept. A field that has no single new place (`optim.backbone_lr_mult`) keeps its old
+    name, so that setting it names the new place."""
+    out: dict[str, Any] = {}
+    for key, value in fields.items():
+        new = LEGACY_FIELDS.get(key, key)
+        out[new if " " not in new else key] = value
+    return out
+
+
 # Sub-dicts whose fields depend on the part chosen: a new field may be added there.
 _OPEN_FIELDS = ("matcher",)
 

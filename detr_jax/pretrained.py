@@ -22,6 +22,8 @@ import jax
 import numpy as np
 import orbax.checkpoint as ocp
 
+from detr_jax.config_base import translate_legacy_fields
+
 
 def save_params_checkpoint(
     path: str, params: dict, meta: dict, batch_stats: dict | None = None
@@ -63,7 +65,11 @@ def resolve_state_dir(path: str) -> str:
 
 
 def load_params_checkpoint(path: str) -> tuple[dict, dict, dict]:
-    """Reads (params, batch_stats, meta) as nested dicts of numpy arrays from an init_from path."""
+    """Reads (params, batch_stats, meta) as nested dicts of numpy arrays from an init_from path.
+
+    `meta["config_fields"]` comes with the current field names, also from checkpoints converted
+    before the fields were renamed (`config_base.LEGACY_FIELDS`, e.g. `model.backbone` ->
+    `model.backbone.name`)."""
     state_dir = resolve_state_dir(path)
     ckpt = ocp.PyTreeCheckpointer()
     tree = ckpt.metadata(state_dir).item_metadata.tree
@@ -80,4 +86,6 @@ def load_params_checkpoint(path: str) -> tuple[dict, dict, dict]:
                 meta = json.load(f)
         except (OSError, json.JSONDecodeError):
             meta = {}
+    if isinstance(meta.get("config_fields"), dict):  # older checkpoints: the old field names
+        meta["config_fields"] = translate_legacy_fields(meta["config_fields"])
     return restored.get("params", {}), restored.get("batch_stats", {}) or {}, meta

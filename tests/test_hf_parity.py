@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import functools
-
 import flax
 import jax
 import numpy as np
@@ -16,8 +14,7 @@ import hf_reference as ref  # noqa: E402
 
 from detr_jax.convert import convert_state_dict  # noqa: E402
 from detr_jax.convert.checkpoint import config_for  # noqa: E402
-from detr_jax.losses import detr_loss  # noqa: E402
-from detr_jax.matching import get_matcher  # noqa: E402
+from detr_jax.losses import build_criterion  # noqa: E402
 from detr_jax.models import build_model  # noqa: E402
 
 TOL = 1e-4
@@ -25,9 +22,11 @@ TOL = 1e-4
 
 def _ours(spec, hf_model, **model_overrides):
     params, fields = convert_state_dict(ref.state_dict_numpy(hf_model), "hf")
-    config = config_for(
-        fields, nheads=spec["heads"], mask_backbone_features=False, dropout=0.0, **model_overrides
-    )
+    config = config_for({
+        **fields, "model.transformer.nheads": spec["heads"],
+        "model.backbone.mask_features": False, "model.transformer.dropout": 0.0,
+        **model_overrides,
+    })
     model = build_model(config)
     variables = {"params": flax.traverse_util.unflatten_dict(params, sep="/")}
     return config, jax.jit(lambda im, m: model.apply(variables, im, m))
@@ -50,7 +49,7 @@ def _check(spec, canvas, sizes, position_embedding="sine", dilation=False):
         ref.make_dc5(hf_model)
     images, mask = ref.random_batch(sizes, canvas)
     hf_logits, hf_boxes = ref.hf_forward_all_layers(hf_model, images, mask)
-    config, apply = _ours(spec, hf_model, dilation=dilation)
+    config, apply = _ours(spec, hf_model, **{"model.backbone.dilation": dilation})
     out = apply(images, mask)
     d_logits = np.abs(np.asarray(out["pred_logits"]) - hf_logits.numpy()).max(axis=(1, 2, 3))
     d_boxes = np.abs(np.asarray(out["pred_boxes"]) - hf_boxes.numpy()).max(axis=(1, 2, 3))
@@ -61,10 +60,9 @@ def _check(spec, canvas, sizes, position_embedding="sine", dilation=False):
     labels, gt_boxes, valid = _targets(len(sizes), spec["num_labels"])
     hf_total, hf_terms = ref.hf_loss(hf_model, hf_logits, hf_boxes, labels, gt_boxes, valid)
     batch = {"labels": labels, "boxes": gt_boxes, "box_valid": valid}
-    loss_fn = functools.partial(
-        detr_loss, matcher=get_matcher("hungarian_scipy"), num_classes=config.num_classes
-    )
-    total, ours = jax.jit(loss_fn)(out, batch)
+    assert config.matcher.name == "hungarian_scipy"
+    criterion, groups = build_criterion(config), int(out["num_query_groups"])  # static: 1
+    total, ours = jax.jit(lambda o, b: criterion(dict(o, num_query_groups=groups), b))(out, batch)
     keys = [k for k in hf_terms if k.startswith(("loss_ce", "loss_bbox", "loss_giou"))]
     assert len(keys) == 3 * spec["decoder_layers"]
     diffs = {k: abs(float(ours[k]) - hf_terms[k]) for k in keys}
@@ -97,10 +95,10 @@ def test_r50_detr_matches_hf_every_layer_and_loss():
 
 
 def test_feature_mask_is_torch_nearest_resize():
-    """models.detr.resize_mask_nearest == F.interpolate(mask, size).bool() (DETR's rule)."""
+    """backbones.base.resize_mask_nearest == F.interpolate(mask, size).bool() (DETR's rule)."""
     import torch
 
-    from detr_jax.models.detr import resize_mask_nearest
+    from detr_jax.models.backbones.base import resize_mask_nearest
 
     rng = np.random.default_rng(0)
     for (hi, wi), (ho, wo) in (((100, 120), (4, 4)), ((97, 131), (7, 9)), ((64, 96), (2, 3))):

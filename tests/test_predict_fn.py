@@ -89,7 +89,7 @@ def test_predict_fn_is_what_the_eval_step_returns(tiny):
     batch, _ = collate(list(ds.val_samples()), buckets=config.image_buckets,
                        max_boxes=config.max_boxes, batch_size=4)  # with one filler
     post, metrics = jax.device_get(p_eval(state, to_global(batch, data_sharding)))
-    top_k = min(config.eval.top_k, config.model.num_queries)
+    top_k = min(config.eval.top_k, config.model.queries.num_queries)
     predictions, outputs = jax.jit(make_predict_fn(model, top_k=top_k))(variables, batch)
     assert set(predictions) == {"bbox"}
     real = batch["image_valid"]  # the filler's queries tie: their order is arbitrary
@@ -115,14 +115,15 @@ def test_predictor_boxes_are_predict_fns_on_the_eval_batch(tiny):
     predictor = Predictor(model, variables)
     got = predictor(image, 0.0, None, EVAL_CFG.eval_size, EVAL_CFG.max_size)
     batch, _ = collate([_eval_sample(image)], buckets=[(96, 160)], max_boxes=1)
-    predictions, _ = jax.jit(make_predict_fn(model, top_k=model.num_queries))(variables, batch)
+    num_queries = model.queries.num_queries
+    predictions, _ = jax.jit(make_predict_fn(model, top_k=num_queries))(variables, batch)
     want = jax.device_get(predictions["bbox"])
-    assert len(got["scores"]) == model.num_queries  # threshold 0 keeps every query
+    assert len(got["scores"]) == num_queries  # threshold 0 keeps every query
     np.testing.assert_array_equal(got["queries"], want["queries"][0])
     np.testing.assert_array_equal(got["labels"], want["labels"][0])
     np.testing.assert_allclose(got["scores"], want["scores"][0], rtol=1e-5, atol=1e-6)
     np.testing.assert_allclose(got["boxes"], want["boxes"][0], rtol=1e-5, atol=1e-3)
-    assert got["cross_attention"].shape[0] == model.num_queries
+    assert got["cross_attention"].shape[0] == num_queries
     # The threshold keeps a prefix of the same ranking.
     cut = float(want["scores"][0][3])
     some = predictor(image, cut, None, EVAL_CFG.eval_size, EVAL_CFG.max_size)

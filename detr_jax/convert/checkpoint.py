@@ -11,7 +11,7 @@ from typing import Any
 import flax.traverse_util
 import numpy as np
 
-from detr_jax.config_base import base_config, set_field
+from detr_jax.config_base import base_config, set_field, translate_legacy_fields
 from detr_jax.convert.detr import (
     FB_BACKBONE,
     HF_BACKBONE,
@@ -51,13 +51,16 @@ def convert_state_dict(
 
 
 def config_for(fields: dict[str, Any], **model_overrides: Any):
-    """base_config() with `fields` (dotted names) and `model.<k>` overrides applied."""
+    """base_config() with `fields` (dotted names) and `model.<k>` overrides applied.
+
+    Old field names (`config_base.LEGACY_FIELDS`, e.g. an older meta.json's `model.backbone`,
+    or `nheads=4` for `model.transformer.nheads`) are set at their new place.
+    """
     config = base_config()
     config.model.backbone.norm = "frozen_bn"
-    for k, v in fields.items():
+    overrides = {f"model.{k}": v for k, v in model_overrides.items()}
+    for k, v in {**translate_legacy_fields(fields), **translate_legacy_fields(overrides)}.items():
         set_field(config, k, v)
-    for k, v in model_overrides.items():
-        set_field(config, f"model.{k}", v)
     return config
 
 

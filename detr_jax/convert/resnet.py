@@ -166,7 +166,7 @@ def convert_resnet_backbone(
     state_dict: dict[str, np.ndarray], layout: str | None = None, prefix: str | None = None
 ) -> tuple[dict[str, np.ndarray], dict]:
     """A classification ResNet checkpoint (torchvision, or HF `ResNetModel` / `ResNetFor...`)
-    -> (our flat `backbone/...` params, model fields {"backbone", "backbone_width"}).
+    -> (our flat `backbone/...` params, model fields {"backbone.name", "backbone.width"}).
 
     The classifier (`fc.*`, `classifier.*`) and `num_batches_tracked` are ignored; every other
     key must be used, and every expected key must be present.
@@ -181,4 +181,4 @@ def convert_resnet_backbone(
         f"ResNet backbone ({layout} layout)",
         lambda k: k.endswith("num_batches_tracked") or k.startswith(("fc.", "classifier.")),
     )
-    return params, {"backbone": f"resnet{arch['depth']}", "backbone_width": arch["width"]}
+    return params, {"backbone.name": f"resnet{arch['depth']}", "backbone.width": arch["width"]}
