@@ -13,7 +13,7 @@ import json
 import sys
 
 from detr_jax.convert.checkpoint import SOURCES, convert_state_dict, write_checkpoint
-from detr_jax.convert.resnet import ConversionError
+from detr_jax.models.torch_keys import ConversionError
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -21,7 +21,11 @@ from detr_jax.convert.detr import (
     infer_model_fields,
     normalise_hf_keys,
 )
-from detr_jax.convert.resnet import ConversionError, convert_resnet_backbone, infer_resnet
+from detr_jax.models.backbones.resnet_keys import (
+    ConversionError,
+    convert_resnet_backbone,
+    infer_resnet,
+)
 from detr_jax.pretrained import save_params_checkpoint
 
 SOURCES = ("facebook", "hf", "torchvision_resnet", "hf_resnet")

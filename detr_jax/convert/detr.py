@@ -26,15 +26,8 @@ import re
 
 import numpy as np
 
-from detr_jax.convert.resnet import (
-    ConversionError,
-    KeyReader,
-    conv_kernel,
-    dense_kernel,
-    detect_layout,
-    infer_resnet,
-    resnet_params,
-)
+from detr_jax.models.backbones.resnet_keys import detect_layout, infer_resnet, resnet_params
+from detr_jax.models.torch_keys import ConversionError, KeyReader, conv_kernel, dense_kernel
 
 FB_BACKBONE = "backbone.0.body."
 HF_BACKBONE = "model.backbone.model."

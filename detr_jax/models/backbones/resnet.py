@@ -1,5 +1,8 @@
 """ResNet-18/34/50/101 backbone returning named feature levels.
 
+Its parameter-group rules are `ResNet.param_rules` and its PyTorch key maps (torchvision and HF
+layouts) are in resnet_keys.py beside this file.
+
 Parameter names mirror torchvision (`conv1`, `bn1`, `layer1_0/conv1`, `layer1_0/downsample_0`, ...),
 so that the PyTorch DETR key `backbone.0.body.layer1.0.conv1.weight` maps to
 `backbone/layer1_0/conv1/kernel` (OIHW -> HWIO) one to one.
