@@ -3,7 +3,8 @@
     XLA_FLAGS=--xla_force_host_platform_device_count=8 python tests/multidevice_check.py \
         data8 data2_fsdp4
 
-Run by tests/test_sharding.py in a subprocess (the XLA flag must be set before jax is imported).
+Run by tests/core/test_sharding.py in a subprocess (the XLA flag must be set before jax is
+imported).
 Computes, as `train_step` does (dropout and BatchNorm batch statistics on, hungarian_scipy
 matcher), the loss, the `num_boxes` metric and the gradients of a tiny DETR (tests/conftest.py,
 no encoder layer, backbone trained from layer3 on) on one global batch of 8 images, first on a

@@ -6,7 +6,7 @@ With N processes, process p loads the samples i with i % N == p and the global b
 concatenation of the processes' shares: rows (0, N, 2N, ...), then (1, N+1, ...), and so on.
 Dropout masks depend on the row, so the single-process reference for a multi-process run must see
 the rows in that order; this wrapper permutes every training batch accordingly and then runs the
-ordinary entry point (tests/test_multiprocess.py).
+ordinary entry point (tests/core/test_multiprocess.py).
 """
 
 import os

@@ -1,4 +1,4 @@
-"""The tiny test config for the multi-process tests (tests/test_multiprocess.py).
+"""The tiny test config for the multi-process tests (tests/core/test_multiprocess.py).
 
 2 processes x 1 CPU device: mesh data=1 x fsdp=2, i.e. the parameters and optimiser state are
 split between the two processes and so is every batch (2 images each); two image buckets, so the

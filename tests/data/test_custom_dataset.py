@@ -182,7 +182,7 @@ def test_train_samples_boxes_inside_image(coco_dir):
 @pytest.mark.slow
 def test_cli_trains_on_shapes_export_with_original_ids(tmp_path):
     """The shapes export trains end to end through configs' custom loader (CLI, tiny model)."""
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     env = dict(os.environ, JAX_PLATFORMS="cpu")
     export = tmp_path / "shapes_coco"
     subprocess.run([sys.executable, "-m", "detr_jax.data.shapes", "--export", str(export),

@@ -24,7 +24,7 @@ from detr_jax.config_validation import ConfigError, validate_config
 from detr_jax.core import distributed, sharding
 from detr_jax.data.batching import collate, pad_to_bucket
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 sys.path.insert(0, os.path.join(ROOT, "launch"))
 
 

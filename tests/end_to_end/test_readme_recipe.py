@@ -29,7 +29,7 @@ from detr_jax.convert import hf_to_facebook_state_dict  # noqa: E402
 from detr_jax.data.shapes import STANDARD_SHAPES, export_coco, generate_sample  # noqa: E402
 
 pytestmark = pytest.mark.slow
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 SHRINK = [  # two steps of one image; evaluation on the 2 validation images at the end
     "--config.total_steps=2",
     "--config.batch_size=1",

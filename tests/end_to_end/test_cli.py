@@ -80,7 +80,7 @@ def test_config_validation_names_fields():
 def test_shipped_configs_load_and_validate():
     import importlib.util
 
-    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
     for name in ("shapes", "coco"):
         spec = importlib.util.spec_from_file_location(
             name, os.path.join(root, "configs", f"{name}.py")
@@ -94,7 +94,8 @@ def test_coco_config_fails_clearly_without_prepared_data(tmp_path):
     from detr_jax import data
     from detr_jax.data.coco_json import DataError
 
-    import_path = os.path.join(os.path.dirname(os.path.dirname(__file__)), "configs", "coco.py")
+    root = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    import_path = os.path.join(root, "configs", "coco.py")
     import importlib.util
 
     spec = importlib.util.spec_from_file_location("coco_cfg", import_path)

@@ -11,7 +11,7 @@ from detr_jax.losses import LOSS_TERMS, Criterion, build_criterion
 from detr_jax.matching import HungarianScipyMatcher
 from detr_jax.models import build_model, init_variables
 from detr_jax.models.queries.groups import fold_query_groups, group_self_attn_mask
-from tests.conftest import tiny_config
+from conftest import tiny_config
 
 MATCHER = HungarianScipyMatcher()
 # DETR's criterion: labels (eos_coef 0.1), boxes, cardinality; weights and costs 1 / 5 / 2.

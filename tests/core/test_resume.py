@@ -6,7 +6,7 @@ the checkpoint of a random step k in {1, 2} appears; B resumes and gets SIGTERM 
 a step, so it must save at the next step boundary and exit 0 within 60 s; a fake half-written
 checkpoint is then left in the directory; C resumes and finishes. C's final state must be bitwise
 equal to cli_run's. These tests are marked slow (run them with `pytest -m slow
-tests/test_resume.py`). The NaN test runs in-process in the default suite and doubles as the
+tests/core/test_resume.py`). The NaN test runs in-process in the default suite and doubles as the
 same-seed determinism check. The subprocesses share conftest's persistent XLA cache, so the
 tiny model's steps compile once per session.
 """
@@ -26,7 +26,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CLI = [sys.executable, "-m", "detr_jax.main", "--config=tests/tiny_config.py"]
 VOLATILE = {"time", "steps_per_sec", "train_time_s"}
 

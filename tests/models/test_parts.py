@@ -26,7 +26,7 @@ from detr_jax.losses import LOSS_TERMS, LossTerm, build_criterion
 from detr_jax.models import BACKBONES, PartConfigError, build_model, variable_shapes
 from detr_jax.models.backbones import Feature
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _build_and_validate_errors(config) -> tuple[str, str]:

@@ -30,7 +30,7 @@ import jax
 import numpy as np
 import pytest
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 CONFIG = "--config=tests/tiny_multiprocess_config.py"
 LOCAL = [sys.executable, "launch/local.py", "--num_processes=2", "--devices_per_process=1"]
 VOLATILE = {"time", "steps_per_sec", "train_time_s"}
