@@ -53,6 +53,7 @@ def tiny():
     return config, model, state, step, apply, _two_image_batch(config)
 
 
+@pytest.mark.slow  # multi-second compile: the full suite runs it
 def test_tiny_model_overfits_two_images(tiny):
     config, model, state, step, apply, batch = tiny
     losses = []
@@ -78,6 +79,7 @@ def test_tiny_model_overfits_two_images(tiny):
         assert np.all(np.asarray(jnp.argmax(probs[b, best], -1)) == labels)
 
 
+@pytest.mark.slow  # multi-second compile: the full suite runs it
 def test_checkpoint_round_trips_exactly(tiny, tmp_path):
     config, _, state, step, _, batch = tiny
     # Take one real step so the optimiser state is non-trivial.
@@ -110,6 +112,7 @@ def test_nonfinite_batch_skips_the_update(tiny):
     assert all(jax.tree.leaves(same))
 
 
+@pytest.mark.slow  # multi-second compile: the full suite runs it
 def test_frozen_parameters_get_exactly_zero_updates_and_backbone_lr_multiplier():
     config = tiny_config(
         **{

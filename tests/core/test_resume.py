@@ -177,6 +177,7 @@ def test_two_fresh_runs_reach_bitwise_equal_states(cli_run, chain):
     _assert_bitwise_equal(_load_state(straight, 1), chain["a_state1"])
 
 
+@pytest.mark.slow  # multi-second compile: the full suite runs it
 def test_corrupt_latest_checkpoint_falls_back_to_the_previous_one(cli_run, tmp_path):
     import jax
     from conftest import tiny_config
@@ -203,6 +204,7 @@ def test_corrupt_latest_checkpoint_falls_back_to_the_previous_one(cli_run, tmp_p
     )
 
 
+@pytest.mark.slow  # multi-second compile: the full suite runs it
 def test_nan_batches_skip_updates_then_stop_naming_the_last_good_checkpoint(
     cli_run, tmp_path, monkeypatch, caplog
 ):

@@ -178,6 +178,7 @@ def _check_matches_one_device(out: dict, name: str) -> None:
     assert row["grad_norm_rel"] < 1e-5, row
 
 
+@pytest.mark.slow  # multi-second compile: the full suite runs it
 def test_loss_and_gradients_on_data2_fsdp4_match_one_device():
     out = _multidevice("data2_fsdp4")
     _check_matches_one_device(out, "data2_fsdp4")

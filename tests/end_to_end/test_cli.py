@@ -14,6 +14,7 @@ from pycocotools.cocoeval import COCOeval
 from detr_jax.config_validation import ConfigError, validate_config
 
 
+@pytest.mark.slow  # multi-second compile: the full suite runs it
 def test_cli_run_writes_result_files(cli_run):
     workdir, proc = cli_run
     assert proc.returncode == 0, proc.stderr[-4000:]
@@ -33,6 +34,7 @@ def test_cli_run_writes_result_files(cli_run):
     assert set(results["metrics"]) >= {"AP", "AP50", "AP75", "APs", "APm", "APl"}
 
 
+@pytest.mark.slow  # multi-second compile: the full suite runs it
 def test_eval_results_ap_equals_pycocotools_recomputed(cli_run):
     workdir, _ = cli_run
     results = json.load(open(os.path.join(workdir, "eval_results.json")))

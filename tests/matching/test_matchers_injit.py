@@ -130,6 +130,7 @@ def check_family(family: str, seed: int, shape: tuple[int, int, int]) -> dict[st
     return gaps
 
 
+@pytest.mark.slow  # multi-second compile: the full suite runs it
 @settings(max_examples=20, deadline=None)
 @given(family=st.sampled_from(FAMILIES), seed=st.integers(0, 2**31 - 1))
 def test_small_rectangular(family, seed):
@@ -151,6 +152,7 @@ def test_single_slot(family, seed):
     check_family(family, seed, (3, 7, 1))
 
 
+@pytest.mark.slow  # multi-second compile: the full suite runs it
 @settings(max_examples=3, deadline=None)
 @given(family=st.sampled_from(FAMILIES), seed=st.integers(0, 2**31 - 1))
 def test_detr_scale_batch(family, seed):

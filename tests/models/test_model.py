@@ -71,7 +71,9 @@ def _randomised_variables(model, rng, images, mask):
     )
 
 
-@pytest.mark.parametrize("norm", ["bn", "gn", "frozen_bn"])
+@pytest.mark.parametrize(
+    "norm", [pytest.param("bn", marks=pytest.mark.slow), pytest.param("gn", marks=pytest.mark.slow),
+             "frozen_bn"])
 def test_padding_invariance_eval_mode(norm):
     """One image, alone and padded into a larger canvas: the same predictions (<= 1e-4)."""
     config = tiny_config(**{"model.backbone.norm": norm, "model.backbone.dilation": norm == "bn"})
@@ -125,7 +127,8 @@ def test_output_shapes_and_ranges():
 
 @pytest.mark.parametrize(
     "depth,dilation,stride,channels",
-    [(18, False, 32, 64), (18, True, 16, 64), (50, False, 32, 256)],
+    [(18, False, 32, 64), (18, True, 16, 64),
+     pytest.param(50, False, 32, 256, marks=pytest.mark.slow)],
 )
 def test_backbone_strides_and_channels(depth, dilation, stride, channels):
     net = ResNet(depth=depth, width=8, norm="gn", dilation=dilation, return_levels=("C4", "C5"))

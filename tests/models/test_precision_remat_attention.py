@@ -17,6 +17,9 @@ from detr_jax.inference import Predictor
 from detr_jax.losses import build_criterion
 from detr_jax.models import build_model, init_variables
 
+# Each test compiles its own train step or model variant (15-50 s on 2 cores): the full suite.
+pytestmark = pytest.mark.slow
+
 
 def _batch(config, n=2):
     samples = [generate_sample(STANDARD_SHAPES, 7, i) for i in range(n)]

@@ -15,6 +15,7 @@ from detr_jax.models.transformers.detr import DetrTransformer
 from detr_jax.models.transformers.layers import DropPath, drop_path
 
 
+@pytest.mark.slow  # multi-second compile: the full suite runs it
 def test_drop_path_rates_rise_linearly_with_depth():
     model = DetrTransformer(hidden_dim=16, nheads=2, enc_layers=4, dec_layers=3,
                             dim_feedforward=16, dropout=0.0, drop_path=0.3)
