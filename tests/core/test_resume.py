@@ -59,8 +59,13 @@ def _load_state(workdir, step: int) -> dict:
 
 
 def _metrics(workdir) -> list[dict]:
-    with open(os.path.join(workdir, "metrics.jsonl")) as f:
-        return [json.loads(line) for line in f]
+    """The complete records of metrics.jsonl; none before the run has logged anything (A may be
+    killed before its first log), and a line still being written is not a record yet."""
+    path = os.path.join(workdir, "metrics.jsonl")
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.endswith("\n")]
 
 
 def _assert_bitwise_equal(a, b) -> None:
