@@ -1,4 +1,6 @@
-"""CLI: `python -m detr_jax.convert --source=facebook|hf|torchvision_resnet|hf_resnet IN OUT_DIR`.
+"""CLI: `python -m detr_jax.convert --source=SOURCE IN OUT_DIR`.
+
+SOURCE: facebook | hf (DETR or Deformable DETR) | deformable | torchvision_resnet | hf_resnet.
 
 IN is a `.pth` / `.bin` / `.safetensors` file or a Hugging Face model directory. OUT_DIR becomes a
 params checkpoint for `--config.init_from=OUT_DIR`; its meta.json lists the config fields the
@@ -28,8 +30,10 @@ def main(argv: list[str] | None = None) -> int:
     from detr_jax.convert.torch_io import load_state_dict  # imports torch
 
     state_dict, hints = load_state_dict(a.input)
+    if a.nheads is not None:
+        hints["nheads"] = a.nheads
     try:
-        params, fields = convert_state_dict(state_dict, a.source)
+        params, fields = convert_state_dict(state_dict, a.source, hints)
         nheads = a.nheads if a.nheads is not None else hints.get("nheads", 8)
         dilation = a.dilation if a.dilation is not None else hints.get("dilation", False)
         out = write_checkpoint(a.output, params, fields, a.source, nheads, dilation)

@@ -1,7 +1,9 @@
 """State_dict (numpy) -> validated params checkpoint that `config.init_from` accepts.
 
-Sources: "facebook" (facebookresearch/detr `model` state_dict), "hf" (`DetrForObjectDetection`),
-"torchvision_resnet" and "hf_resnet" (classification ResNets, backbone only). No torch here.
+Sources: "facebook" (facebookresearch/detr `model` state_dict), "hf" (`DetrForObjectDetection`
+or `DeformableDetrForObjectDetection`, told apart by the HF config's `model_type` or the keys),
+"deformable" (fundamentalvision/Deformable-DETR), "torchvision_resnet" and "hf_resnet"
+(classification ResNets, backbone only). No torch here.
 """
 
 from __future__ import annotations
@@ -12,6 +14,12 @@ import flax.traverse_util
 import numpy as np
 
 from detr_jax.config_base import base_config, set_field, translate_legacy_fields
+from detr_jax.convert.deformable import (
+    deformable_model_fields,
+    hf_deformable_to_params,
+    is_deformable,
+    original_deformable_to_params,
+)
 from detr_jax.convert.detr import (
     FB_BACKBONE,
     HF_BACKBONE,
@@ -28,16 +36,26 @@ from detr_jax.models.backbones.resnet_keys import (
 )
 from detr_jax.pretrained import save_params_checkpoint
 
-SOURCES = ("facebook", "hf", "torchvision_resnet", "hf_resnet")
+SOURCES = ("facebook", "hf", "deformable", "torchvision_resnet", "hf_resnet")
 
 
 def convert_state_dict(
-    state_dict: dict[str, np.ndarray], source: str
+    state_dict: dict[str, np.ndarray], source: str, hints: dict[str, Any] | None = None
 ) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """Returns (flat params keyed "a/b/c", config fields the weights imply).
 
-    Raises ConversionError listing missing and unexpected keys.
+    `hints`: what the weights do not show (`model_type` from an HF config.json, `nheads`,
+    `num_queries` of a two-stage model; see torch_io.load_state_dict). Raises ConversionError
+    listing missing and unexpected keys.
     """
+    hints = dict(hints or {})
+    if source == "hf" and (hints.get("model_type") == "deformable_detr"
+                           or (hints.get("model_type") is None and is_deformable(state_dict))):
+        params, layout = hf_deformable_to_params(state_dict)
+        return params, deformable_model_fields(params, layout, hints)
+    if source == "deformable":
+        params, layout = original_deformable_to_params(state_dict)
+        return params, deformable_model_fields(params, layout, hints)
     if source == "facebook":
         params = facebook_to_params(state_dict)
         arch = infer_resnet(state_dict, FB_BACKBONE, "torchvision")

@@ -36,6 +36,8 @@ def _load_file(path: str) -> tuple[dict, dict]:
         args = obj.get("args")
         if args is not None:
             extra = {k: getattr(args, k) for k in ("nheads", "dilation") if hasattr(args, k)}
+            if getattr(args, "two_stage", False) and hasattr(args, "num_queries"):
+                extra["num_queries"] = args.num_queries
         obj = obj["model"]
     elif isinstance(obj, dict) and "state_dict" in obj:
         obj = obj["state_dict"]
@@ -43,8 +45,9 @@ def _load_file(path: str) -> tuple[dict, dict]:
 
 
 def load_state_dict(path: str) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
-    """Returns (state_dict as float32/int numpy arrays, hints) where hints may hold `nheads` and
-    `dilation` (from the facebookresearch `args`, or an HF directory's config.json)."""
+    """Returns (state_dict as float32/int numpy arrays, hints) where hints may hold `nheads`,
+    `dilation`, `model_type` and `num_queries` (two-stage proposals) (from the
+    facebookresearch / fundamentalvision `args`, or an HF directory's config.json)."""
     hints: dict[str, Any] = {}
     if os.path.isdir(path):
         cfg = os.path.join(path, "config.json")
@@ -53,6 +56,10 @@ def load_state_dict(path: str) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
                 c = json.load(f)
             if "encoder_attention_heads" in c:
                 hints["nheads"] = c["encoder_attention_heads"]
+            if "model_type" in c:
+                hints["model_type"] = c["model_type"]
+            if c.get("two_stage") and "two_stage_num_proposals" in c:
+                hints["num_queries"] = c["two_stage_num_proposals"]
             if "dilation" in c:
                 hints["dilation"] = bool(c["dilation"])
         for name in ("model.safetensors", "pytorch_model.bin"):

@@ -4,8 +4,10 @@
 part (`backbone`, `neck`, `transformer`, `queries`, `heads`). Each sub-dict's `name` picks the
 part from its registry and its other fields are the part's keyword arguments, unrenamed; the
 builder adds `hidden_dim`, `dtype`, `num_classes` (from `config.num_classes`) and the backbone's
-`return_levels` (what the neck reads) to the parts that declare them. An unknown field stops
-the build with a line naming it (detr_jax/models/registry.py).
+`return_levels` (what the neck reads) to the parts that declare them, and the transformer's
+`head_layout()` (Deformable DETR: `num_layers`, `box_refine`, `two_stage`) to the heads, so the
+heads always match the decoder. An unknown field stops the build with a line naming it
+(detr_jax/models/registry.py).
 """
 
 from __future__ import annotations
@@ -57,8 +59,17 @@ def model_problems(config: Any) -> list[str]:
             lines.append(f"model.{part}={sub!r} must be a sub-dict with a `name` "
                          f"(one of {tuple(registry)})")
             continue
-        lines += registry.problems(sub, f"model.{part}", shared)
+        part_shared = shared
+        if part == "heads" and not lines:
+            part_shared = dict(shared, **_head_layout(TRANSFORMERS.build(
+                m.transformer, "model.transformer", **shared)))
+        lines += registry.problems(sub, f"model.{part}", part_shared)
     return lines
+
+
+def _head_layout(transformer: nn.Module) -> dict[str, Any]:
+    """What the transformer tells its heads (`head_layout()`; empty for DETR's)."""
+    return dict(getattr(transformer, "head_layout", dict)())
 
 
 def _shared(config: Any, **derived: Any) -> dict[str, Any]:
@@ -80,7 +91,9 @@ def build_model(config: Any) -> nn.Module:
     neck = NECKS.build(m.neck, "model.neck", **_shared(config))
     shared = _shared(config, return_levels=neck.input_levels)
     parts = {part: registry.build(m[part], f"model.{part}", **shared)
-             for part, registry in PARTS.items() if part != "neck"}
+             for part, registry in PARTS.items() if part not in ("neck", "heads")}
+    parts["heads"] = HEADS.build(m.heads, "model.heads", **shared,
+                                 **_head_layout(parts["transformer"]))
     return DETECTORS[m.name](neck=neck, **parts)
 
 

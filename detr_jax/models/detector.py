@@ -18,6 +18,8 @@ from typing import Any
 import flax.linen as nn
 import jax
 
+from detr_jax.models.backbones.base import Feature
+
 _SHARED_SCOPE_PARTS = ("neck", "queries", "heads")
 
 
@@ -56,10 +58,13 @@ class SetDetector(nn.Module):
           the heads' extras (`dense_logits`, ...), and `num_query_groups` (a Python int: the
           query generator's groups, matched separately by the loss).
         """
-        feats = self.backbone(images, pixel_mask, train=train)
+        feats = dict(self.backbone(images, pixel_mask, train=train))
+        feats["input"] = Feature(images, pixel_mask, 1)  # for necks that resize the pixel mask
         memory_in = self.neck(feats, train=train)
         queries = self.queries(images.shape[0], train=train, targets=targets)
-        decoded = self.transformer(memory_in, queries, train=train)
+        # The heads are handed to the transformer: refining decoders and two-stage encoders
+        # call their box / proposal heads (the same params as the final predictions).
+        decoded = self.transformer(memory_in, queries, train=train, heads=self.heads)
         outputs = dict(self.heads(decoded, memory_in, train=train))
         outputs["num_query_groups"] = queries["num_groups"]
         return outputs

@@ -19,12 +19,14 @@ def sine_position_embedding(
     temperature: float = 10000.0,
     normalize: bool = True,
     scale: float = 2 * jnp.pi,
+    offset: float = 0.0,
 ) -> jax.Array:
     """DETR's PositionEmbeddingSine, computed from the padding mask.
 
     Positions are cumulative counts of real pixels along each axis; with `normalize` they are
     divided by the real extent of that row/column and multiplied by `scale`, so a real pixel's
-    embedding does not depend on the padding.
+    embedding does not depend on the padding. `offset` is added to the counts before the
+    division: Deformable DETR uses -0.5 (pixel centres), DETR 0.
 
     Args:
       mask: bool [B, h, w], True on real positions.
@@ -41,8 +43,8 @@ def sine_position_embedding(
     x_embed = jnp.cumsum(not_mask, axis=2)
     if normalize:
         eps = 1e-6
-        y_embed = y_embed / (y_embed[:, -1:, :] + eps) * scale
-        x_embed = x_embed / (x_embed[:, :, -1:] + eps) * scale
+        y_embed = (y_embed + offset) / (y_embed[:, -1:, :] + eps) * scale
+        x_embed = (x_embed + offset) / (x_embed[:, :, -1:] + eps) * scale
     dim_t = jnp.arange(num_feats, dtype=jnp.float32)
     dim_t = temperature ** (2 * (dim_t // 2) / num_feats)
     pos_x = x_embed[..., None] / dim_t

@@ -118,3 +118,10 @@ def elementwise_giou(a: jnp.ndarray, b: jnp.ndarray) -> jnp.ndarray:
       [...] GIoU in [-1, 1] of ``a[i]`` with ``b[i]``.
     """
     return _giou_from_parts(*_iou_parts(a, b))
+
+
+def inverse_sigmoid(x: jnp.ndarray, eps: float = 1e-5) -> jnp.ndarray:
+    """logit(x) for x in [0, 1] (clipped), with both x and 1 - x floored at `eps`, as Deformable
+    DETR's `inverse_sigmoid` (boxes in (0, 1) -> unbounded coordinates for refinement)."""
+    x = jnp.clip(x, 0.0, 1.0)
+    return jnp.log(jnp.maximum(x, eps) / jnp.maximum(1.0 - x, eps))

@@ -6,9 +6,11 @@ Iterative box refinement and mask heads register here too.
 from __future__ import annotations
 
 from detr_jax.models.heads.box import ClassBoxHeads
+from detr_jax.models.heads.deformable import DeformableHeads
 from detr_jax.models.registry import Registry
 
 HEADS = Registry("heads")
 HEADS.register("class_box", ClassBoxHeads)
+HEADS.register("deformable", DeformableHeads)
 
-__all__ = ["HEADS", "ClassBoxHeads"]
+__all__ = ["HEADS", "ClassBoxHeads", "DeformableHeads"]

@@ -5,10 +5,12 @@ Multi-scale necks (Deformable DETR, pixel decoders) register here too.
 
 from __future__ import annotations
 
+from detr_jax.models.necks.multi_scale import MultiScaleNeck
 from detr_jax.models.necks.single_level import SingleLevelNeck
 from detr_jax.models.registry import Registry
 
 NECKS = Registry("neck")
 NECKS.register("single_level", SingleLevelNeck)
+NECKS.register("multi_scale", MultiScaleNeck)
 
-__all__ = ["NECKS", "SingleLevelNeck"]
+__all__ = ["NECKS", "MultiScaleNeck", "SingleLevelNeck"]

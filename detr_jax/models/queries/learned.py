@@ -23,6 +23,9 @@ class LearnedQueries(nn.Module):
       num_queries: Q, the detections per image.
       init_std: standard deviation of the embeddings' initialisation.
       num_groups: K Group DETR groups in training (1: plain DETR); inference uses group 0.
+      with_content: the embedding is [Q, 2D]: its first half is the queries' position, its
+        second their content `tgt` (Deformable DETR's `query_embed`); without it the decoder
+        starts from zeros (DETR).
       dtype: compute dtype of the returned embeddings (set by the builder).
     """
 
@@ -30,6 +33,7 @@ class LearnedQueries(nn.Module):
     num_queries: int = 100
     init_std: float = 1.0
     num_groups: int = 1
+    with_content: bool = False
     dtype: Any = None
 
     @nn.compact
@@ -39,16 +43,20 @@ class LearnedQueries(nn.Module):
         """The decoder's queries for a batch (docs/interfaces.md, "Query set").
 
         Returns `query_pos` [B, Q', D] (Q' = K * Q in training with groups, else Q), `tgt` None
-        (the decoder starts from zeros), `self_attn_mask` bool [1, Q', Q'] or None (True =
-        attend) and `num_groups` (a Python int: the loss matches each group on its own).
+        (the decoder starts from zeros) or [B, Q, D] `with_content`, `self_attn_mask` bool
+        [1, Q', Q'] or None (True = attend) and `num_groups` (a Python int: the loss matches each group on its own).
         `targets` is unused (denoising generators build queries from it).
         """
         del targets
         dtype = self.dtype or jnp.float32
         q, d = self.num_queries, self.hidden_dim
-        embed = self.param("query_embed", nn.initializers.normal(self.init_std), (q, d))
-        query_pos = jnp.broadcast_to(embed.astype(dtype)[None], (batch_size, q, d))
+        width = 2 * d if self.with_content else d
+        embed = self.param("query_embed", nn.initializers.normal(self.init_std), (q, width))
+        embed = jnp.broadcast_to(embed.astype(dtype)[None], (batch_size, q, width))
+        query_pos, tgt = embed[..., :d], (embed[..., d:] if self.with_content else None)
         groups, mask = 1, None
+        if self.num_groups > 1 and self.with_content:
+            raise ValueError("model.queries: num_groups > 1 with with_content is not supported")
         if self.num_groups > 1:
             extra = self.param(
                 "group_query_embed",
@@ -59,7 +67,7 @@ class LearnedQueries(nn.Module):
                 extra = jnp.broadcast_to(extra.astype(dtype)[None], (batch_size,) + extra.shape)
                 query_pos = jnp.concatenate([query_pos, extra], axis=1)
                 groups, mask = self.num_groups, group_self_attn_mask(self.num_groups, q)
-        return {"query_pos": query_pos, "tgt": None, "self_attn_mask": mask,
+        return {"query_pos": query_pos, "tgt": tgt, "self_attn_mask": mask,
                 "num_groups": groups}
 
 

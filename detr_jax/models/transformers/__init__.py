@@ -4,10 +4,12 @@ set -> decoder outputs per layer. The deformable encoder-decoder registers here 
 from __future__ import annotations
 
 from detr_jax.models.registry import Registry
+from detr_jax.models.transformers.deformable import DeformableTransformer
 from detr_jax.models.transformers.detr import DetrTransformer
 from detr_jax.models.transformers.layers import ATTENTION_CHOICES
 
 TRANSFORMERS = Registry("transformer")
 TRANSFORMERS.register("detr", DetrTransformer)
+TRANSFORMERS.register("deformable", DeformableTransformer)
 
-__all__ = ["ATTENTION_CHOICES", "TRANSFORMERS", "DetrTransformer"]
+__all__ = ["ATTENTION_CHOICES", "TRANSFORMERS", "DeformableTransformer", "DetrTransformer"]

@@ -114,7 +114,8 @@ class DetrTransformer(nn.Module):
 
     @nn.compact
     def __call__(
-        self, memory_in: dict[str, Any], queries: dict[str, Any], train: bool = False
+        self, memory_in: dict[str, Any], queries: dict[str, Any], train: bool = False,
+        heads: Any = None,
     ) -> dict[str, jax.Array]:
         """Runs encoder and decoder (containers as in docs/interfaces.md).
 
@@ -123,6 +124,7 @@ class DetrTransformer(nn.Module):
             [B, N] (True on real positions).
           queries: the query set: `query_pos` [B, Q, D], `tgt` [B, Q, D] or None (zeros, as in
             the original) and `self_attn_mask` [B or 1, Q, Q] or None (True = allowed).
+          heads: the detector's heads, unused (DETR's heads read `hs` only).
 
         Returns:
           `hs` [L, B, Q, D] (every decoder layer, each through the shared final norm) and
