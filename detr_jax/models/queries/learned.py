@@ -44,8 +44,8 @@ class LearnedQueries(nn.Module):
 
         Returns `query_pos` [B, Q', D] (Q' = K * Q in training with groups, else Q), `tgt` None
         (the decoder starts from zeros) or [B, Q, D] `with_content`, `self_attn_mask` bool
-        [1, Q', Q'] or None (True = attend) and `num_groups` (a Python int: the loss matches each group on its own).
-        `targets` is unused (denoising generators build queries from it).
+        [1, Q', Q'] or None (True = attend) and `num_groups` (a Python int: the loss matches
+        each group on its own). `targets` is unused (denoising generators build queries from it).
         """
         del targets
         dtype = self.dtype or jnp.float32
