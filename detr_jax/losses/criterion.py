@@ -7,9 +7,11 @@ layers with `aux_loss`, else the last) and return per-layer losses [L]; others (
 return scalars. The total is sum over layers of the weighted per-layer losses, plus the weighted
 scalars. Losses without a weight (`class_error`, `cardinality_error`) are only logged.
 
-Shapes (docs/interfaces.md): outputs `pred_logits` [L, B, Q, C+1], `pred_boxes` [L, B, Q, 4]
-normalised cxcywh; batch `labels` [B, G] int32, `boxes` [B, G, 4] normalised cxcywh,
-`box_valid` [B, G] bool, optional `image_valid` [B] bool.
+Shapes (docs/interfaces.md): outputs `pred_logits` [L, B, Q, C+1] (softmax heads, no object
+last) or [L, B, Q, C] (sigmoid heads, no no-object column; terms tell them apart through
+`Targets.num_classes`), `pred_boxes` [L, B, Q, 4] normalised cxcywh; batch `labels` [B, G]
+int32, `boxes` [B, G, 4] normalised cxcywh, `box_valid` [B, G] bool, optional `image_valid`
+[B] bool.
 
 Normalisation of the box losses: the original divides the summed L1 / GIoU losses by
 `num_boxes = all_reduce(#targets) / world_size` on each device and DDP then averages the
@@ -92,9 +94,12 @@ class Criterion:
             match = self._match(logits, boxes, gt_labels, gt_boxes, gt_valid, qv)
         match = jax.lax.stop_gradient(match)
         tile = lambda x: _flatten_layers(jnp.broadcast_to(x, (num_layers,) + x.shape))
+        # The no-object index is C for both kinds of logits: the last of C + 1 softmax logits,
+        # or, for C sigmoid logits, the all-zero one-hot target.
+        num_classes = num_logits - 1 if self.num_classes is None else int(self.num_classes)
         target_classes, _, matched = match_to_query_targets(
             _flatten_layers(match), tile(gt_labels), tile(gt_boxes), tile(gt_valid), num_q,
-            num_logits - 1,
+            num_classes,
         )
         return Targets(
             match=match,
@@ -104,6 +109,7 @@ class Criterion:
             query_valid=qv, image_valid=image_valid,
             query_weight=(qv & image_valid[:, None]).astype(jnp.float32),
             num_boxes=jnp.maximum(jnp.sum(gt_valid).astype(jnp.float32), 1.0),
+            num_classes=num_classes,
         )
 
     def __call__(self, outputs: dict, batch: dict, query_valid: jax.Array | None = None,
@@ -122,7 +128,7 @@ class Criterion:
         logits = jnp.asarray(set_outputs["pred_logits"], jnp.float32)
         boxes = jnp.asarray(set_outputs["pred_boxes"], jnp.float32)
         if logits.ndim != 4 or boxes.shape != logits.shape[:3] + (4,):
-            raise ValueError(f"expected pred_logits [L,B,Q,C+1] and pred_boxes [L,B,Q,4], got "
+            raise ValueError(f"expected pred_logits [L,B,Q,C(+1)] and pred_boxes [L,B,Q,4], got "
                              f"{logits.shape} and {boxes.shape}")
         c = self.num_classes
         if c is not None and logits.shape[-1] not in (c, c + 1):
