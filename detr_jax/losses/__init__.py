@@ -7,6 +7,8 @@ config and its test.
 
 Softmax heads ([.., C+1] logits) use `labels`, sigmoid heads ([.., C], Deformable DETR) use
 `focal_labels` (with the `focal_class` matching cost); `boxes` and `cardinality` serve both.
+With two-stage encoder proposals (`outputs["enc_outputs"]`) every matched term also returns
+`<loss>_enc` (criterion.py).
 """
 
 from __future__ import annotations

@@ -1,6 +1,6 @@
-"""Tests of the sigmoid focal loss term (`focal_labels`) and the criterion on sigmoid logits
-([.., C], no no-object column), against hand / numpy computations and Hugging Face's
-Deformable DETR loss (transformers.loss)."""
+"""Tests of the sigmoid focal loss term (`focal_labels`), the criterion on sigmoid logits
+([.., C], no no-object column) and the two-stage encoder losses (`<loss>_enc`), against hand /
+numpy computations and Hugging Face's Deformable DETR loss (transformers.loss)."""
 
 from __future__ import annotations
 
@@ -21,7 +21,7 @@ from transformers.loss.loss_deformable_detr import (  # noqa: E402
 
 from detr_jax.losses import LOSS_TERMS, Criterion  # noqa: E402
 from detr_jax.losses.focal import sigmoid_focal_elements  # noqa: E402
-from detr_jax.matching import HungarianScipyMatcher  # noqa: E402
+from detr_jax.matching import HungarianScipyMatcher, get_matcher  # noqa: E402
 
 FOCAL_COSTS = {"focal_class": 2.0, "bbox": 5.0, "giou": 2.0}
 WEIGHTS = {"loss_ce": 1.0, "loss_bbox": 5.0, "loss_giou": 2.0}
@@ -180,14 +180,16 @@ def test_terms_refuse_the_other_kind_of_logits():
 # Against Hugging Face's DeformableDetrImageLoss
 
 
+def spread_boxes(rng, *shape):
+    """float32 [*shape, 4] normalised cxcywh: cx, cy in [0.2, 0.8], w, h in [0.05, 0.4]."""
+    return np.concatenate([rng.uniform(0.2, 0.8, shape + (2,)),
+                           rng.uniform(0.05, 0.4, shape + (2,))], -1).astype(np.float32)
+
+
 def random_case(seed, counts=(4, 1, 3), num_layers=3, num_q=20, num_classes=6):
     """Random sigmoid logits / well-spread boxes, and ground truth padded to max(counts)."""
     rng = np.random.default_rng(seed)
-
-    def boxes(*shape):
-        return np.concatenate([rng.uniform(0.2, 0.8, shape + (2,)),
-                               rng.uniform(0.05, 0.4, shape + (2,))], -1).astype(np.float32)
-
+    boxes = functools.partial(spread_boxes, rng)
     bsz, g = len(counts), max(counts)
     logits = (rng.normal(size=(num_layers, bsz, num_q, num_classes)) * 2).astype(np.float32)
     pred = boxes(num_layers, bsz, num_q)
@@ -241,3 +243,62 @@ def test_criterion_matches_hf_deformable_detr_loss(seed):
     np.testing.assert_allclose(m["class_error"],
                                _class_error(outputs["pred_logits"][-1], targets, indices),
                                atol=1e-4)
+
+
+def test_encoder_losses_match_hf_on_class_agnostic_targets():
+    """`<loss>_enc`: HF's loss on the proposals with every class label set to 0."""
+    outputs, batch, targets = random_case(2)
+    rng = np.random.default_rng(3)
+    bsz, num_n, num_classes = 3, 200, 6
+    enc_logits = (rng.normal(size=(bsz, num_n, num_classes)) * 2).astype(np.float32)
+    enc_boxes = spread_boxes(rng, bsz, num_n)
+    two_stage = dict(outputs, enc_outputs={"pred_logits": enc_logits, "pred_boxes": enc_boxes})
+    total, m = loss(two_stage, batch, num_classes)
+    base_total, base = loss(outputs, batch, num_classes)
+
+    bin_targets = [dict(t, class_labels=torch.zeros_like(t["class_labels"])) for t in targets]
+    ref, _ = hf_loss(enc_logits[None], enc_boxes[None], bin_targets, num_classes)
+    for name in ("loss_ce", "loss_bbox", "loss_giou", "cardinality_error"):
+        np.testing.assert_allclose(m[name + "_enc"], ref[name], atol=1e-4, err_msg=name)
+    assert 0.0 <= m["class_error_enc"] <= 100.0
+    # The decoder's losses are unchanged; the encoder's are added with the same weights.
+    for name, v in base.items():
+        if name != "loss":
+            np.testing.assert_array_equal(m[name], v, err_msg=name)
+    np.testing.assert_allclose(total, base_total + sum(w * ref[k] for k, w in WEIGHTS.items()),
+                               rtol=1e-5)
+    np.testing.assert_allclose(m["loss"], total)
+
+
+def test_encoder_query_valid_leaves_proposals_out():
+    outputs, batch, _ = random_case(4, num_layers=1)
+    rng = np.random.default_rng(5)
+    enc = {"pred_logits": rng.normal(size=(3, 50, 6)).astype(np.float32),
+           "pred_boxes": spread_boxes(rng, 3, 50)}
+    qv = np.ones((3, 50), bool)
+    qv[:, 40:] = False
+    _, m = loss(dict(outputs, enc_outputs=dict(enc, query_valid=qv)), batch, 6, aux_loss=False)
+    cut = {k: v[:, :40] for k, v in enc.items()}
+    _, ref = loss(dict(outputs, enc_outputs=cut), batch, 6, aux_loss=False)
+    for name in ("loss_ce_enc", "loss_bbox_enc", "loss_giou_enc", "cardinality_error_enc"):
+        np.testing.assert_allclose(m[name], ref[name], rtol=1e-5, err_msg=name)
+
+
+def test_encoder_matching_with_thousands_of_proposals():
+    """N = 4000 proposals >> G boxes: the host (scipy) and in-jit exact matchers agree with HF."""
+    outputs, batch, targets = random_case(6, counts=(5, 2), num_layers=1)
+    rng = np.random.default_rng(7)
+    num_n = 4000
+    enc = {"pred_logits": (rng.normal(size=(2, num_n, 6)) * 2).astype(np.float32),
+           "pred_boxes": spread_boxes(rng, 2, num_n)}
+    bin_targets = [dict(t, class_labels=torch.zeros_like(t["class_labels"])) for t in targets]
+    ref, _ = hf_loss(enc["pred_logits"][None], enc["pred_boxes"][None], bin_targets, 6)
+    two_stage = dict(outputs, enc_outputs=enc)
+    for matcher in (HungarianScipyMatcher(), get_matcher("hungarian_jax")):
+        criterion = Criterion(TERMS, WEIGHTS, LOSS_TERMS, matcher, FOCAL_COSTS, False,
+                              num_classes=6)
+        _, m = jax.device_get(jax.jit(criterion)(two_stage, batch))
+        for name in ("loss_ce", "loss_bbox", "loss_giou"):
+            # rtol: loss_ce sums 48000 float32 elements to ~3600
+            np.testing.assert_allclose(m[name + "_enc"], ref[name], rtol=1e-6, atol=1e-4,
+                                       err_msg=f"{type(matcher).__name__} {name}")
