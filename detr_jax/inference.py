@@ -21,7 +21,7 @@ import numpy as np
 from detr_jax.core.compile_options import step_compiler_options
 from detr_jax.data.batching import collate
 from detr_jax.data.transforms import resize_image
-from detr_jax.evaluation.postprocess import postprocess
+from detr_jax.evaluation.postprocess import postprocess, postprocess_sigmoid
 from detr_jax.models import build_model, variable_shapes
 from detr_jax.pretrained import load_params_checkpoint
 from detr_jax.transfer import merge_pretrained
@@ -30,6 +30,16 @@ from detr_jax.transfer import merge_pretrained
 # (h, w), top_k) of the last decoder layer -> dict of [B, K, ...] arrays (facebookresearch/detr's
 # `postprocessors` dict; "segm" / "panoptic" come later).
 POSTPROCESSORS: dict[str, Callable[..., dict[str, jax.Array]]] = {"bbox": postprocess}
+# The same names for sigmoid heads (pred_logits [B, Q, C], no no-object column), chosen when the
+# model's heads declare `class_activation = "sigmoid"` (Deformable DETR).
+SIGMOID_POSTPROCESSORS: dict[str, Callable[..., dict[str, jax.Array]]] = {
+    "bbox": postprocess_sigmoid}
+
+
+def class_activation(model: Any) -> str:
+    """"softmax" or "sigmoid": the `class_activation` the model's heads declare (a ClassVar of
+    the heads module; heads without one, DETR's, are softmax)."""
+    return getattr(getattr(model, "heads", None), "class_activation", "softmax")
 
 PredictFn = Callable[[dict, dict], tuple[dict, dict]]
 
@@ -45,8 +55,11 @@ def make_predict_fn(
 
     Args:
       model: the DETR module (`detr_jax.models.build_model`); applied with `train=False`.
-      top_k: detections kept per image, the best by score over the queries; K = min(top_k, Q).
-      postprocessors: names in `POSTPROCESSORS`, each run on the last decoder layer.
+      top_k: detections kept per image: softmax heads, the best queries by score,
+        K = min(top_k, Q); sigmoid heads, the best (query, class) pairs, K = min(top_k, Q*C).
+      postprocessors: names in `POSTPROCESSORS`, each run on the last decoder layer. For
+        heads with `class_activation == "sigmoid"` the name maps to `SIGMOID_POSTPROCESSORS`
+        ("bbox": `postprocess_sigmoid`), otherwise to `POSTPROCESSORS` ("bbox": `postprocess`).
       intermediates: also return the sown intermediates (attention weights).
 
     `variables`: {"params": ..., "batch_stats": ... (only when the backbone has any)}.
@@ -56,14 +69,18 @@ def make_predict_fn(
 
     Returns `predictions` = {name: postprocessor output}, for "bbox" `scores` float32 [B, K]
     (descending), `labels` int32 [B, K] (contiguous), `boxes` float32 [B, K, 4] xyxy pixels of the
-    original image, `queries` int32 [B, K] (query index); and `outputs` = the raw model outputs
-    (`pred_logits` [L, B, Q, C+1], `pred_boxes` [L, B, Q, 4] normalised cxcywh, `dense_*` with a
-    dense head) plus, with `intermediates`, `intermediates` (the sown collection).
+    original image, `queries` int32 [B, K] (query index; with sigmoid heads a query may appear
+    once per class); and `outputs` = the raw model outputs (`pred_logits` [L, B, Q, C+1] softmax
+    or [L, B, Q, C] sigmoid, `pred_boxes` [L, B, Q, 4] normalised cxcywh, `dense_*` with a
+    dense head, `enc_outputs` with a two-stage encoder) plus, with `intermediates`,
+    `intermediates` (the sown collection).
     """
-    unknown = [n for n in postprocessors if n not in POSTPROCESSORS]
+    registry = (SIGMOID_POSTPROCESSORS if class_activation(model) == "sigmoid"
+                else POSTPROCESSORS)
+    unknown = [n for n in postprocessors if n not in registry]
     if unknown:
-        raise ValueError(f"unknown postprocessors {unknown}; choose from {list(POSTPROCESSORS)}")
-    fns = {n: POSTPROCESSORS[n] for n in postprocessors}
+        raise ValueError(f"unknown postprocessors {unknown}; choose from {list(registry)}")
+    fns = {n: registry[n] for n in postprocessors}
 
     def predict_fn(variables: dict, batch: dict) -> tuple[dict, dict]:
         if intermediates:

@@ -15,9 +15,12 @@ from detr_jax.data import SHAPES_SPECS
 from detr_jax.data.batching import collate
 from detr_jax.data.shapes import ShapesDataset
 from detr_jax.data.transforms import TransformConfig, detr_eval_transform
+from detr_jax.evaluation.postprocess import postprocess, postprocess_sigmoid
 from detr_jax.inference import (
     POSTPROCESSORS,
+    SIGMOID_POSTPROCESSORS,
     Predictor,
+    class_activation,
     eval_resize,
     make_predict_fn,
     preprocess,
@@ -129,3 +132,53 @@ def test_predictor_boxes_are_predict_fns_on_the_eval_batch(tiny):
     some = predictor(image, cut, None, EVAL_CFG.eval_size, EVAL_CFG.max_size)
     np.testing.assert_array_equal(some["queries"], want["queries"][0][: len(some["queries"])])
     assert len(some["queries"]) >= 4
+
+
+class _SigmoidHeads:
+    class_activation = "sigmoid"  # as the Deformable DETR heads' ClassVar
+
+
+class _SoftmaxHeads:  # DETR's heads declare nothing: softmax
+    pass
+
+
+class _FakeModel:
+    """`apply` returns fixed outputs (`params` holds them), like a detector with these heads."""
+
+    def __init__(self, heads):
+        self.heads = heads
+
+    def apply(self, variables, image, pixel_mask, train):
+        assert train is False and image.shape[:3] == pixel_mask.shape
+        return dict(variables["params"])
+
+
+@pytest.mark.parametrize("heads,want", [(_SigmoidHeads(), postprocess_sigmoid),
+                                        (_SoftmaxHeads(), postprocess)])
+def test_predict_fn_picks_the_postprocessor_of_the_heads(heads, want):
+    """Sigmoid heads: top-k over (query, class) pairs, so K may exceed Q; softmax: over Q."""
+    rng = np.random.default_rng(0)
+    num_layers, b, num_q, num_c = 2, 2, 6, 5
+    logits = rng.normal(size=(num_layers, b, num_q, num_c)).astype(np.float32) * 2
+    boxes = rng.uniform(0.2, 0.6, size=(num_layers, b, num_q, 4)).astype(np.float32)
+    variables = {"params": {"pred_logits": logits, "pred_boxes": boxes}}
+    batch = {"image": np.zeros((b, 8, 8, 3), np.float32), "pixel_mask": np.ones((b, 8, 8), bool),
+             "orig_size": np.array([[40, 60], [80, 20]], np.int32)}
+    model = _FakeModel(heads)
+    predictions, outputs = jax.jit(make_predict_fn(model, top_k=20))(variables, batch)
+    got = jax.device_get(predictions["bbox"])
+    ref = jax.device_get(want(logits[-1], boxes[-1], batch["orig_size"], 20))
+    assert set(got) == set(ref) == {"scores", "labels", "boxes", "queries"}
+    for k in ref:
+        np.testing.assert_allclose(got[k], ref[k], rtol=1e-6, err_msg=k)
+    sigmoid = isinstance(heads, _SigmoidHeads)
+    assert class_activation(model) == ("sigmoid" if sigmoid else "softmax")
+    assert got["scores"].shape == (b, 20 if sigmoid else num_q)
+    np.testing.assert_array_equal(outputs["pred_logits"], logits)
+
+
+def test_sigmoid_postprocessors_have_the_same_names():
+    assert set(SIGMOID_POSTPROCESSORS) == set(POSTPROCESSORS) == {"bbox"}
+    assert class_activation(object()) == "softmax"  # no heads at all
+    with pytest.raises(ValueError, match="unknown postprocessors"):
+        make_predict_fn(_FakeModel(_SigmoidHeads()), top_k=5, postprocessors=("segm_nope",))

@@ -4,6 +4,11 @@
 losses they return to weights. Adding a term: its function in its own file (signature
 `fn(outputs, batch, targets, **settings) -> {loss name: [L] or scalar}`), one line here, its
 config and its test.
+
+Softmax heads ([.., C+1] logits) use `labels`, sigmoid heads ([.., C], Deformable DETR) use
+`focal_labels` (with the `focal_class` matching cost); `boxes` and `cardinality` serve both.
+With two-stage encoder proposals (`outputs["enc_outputs"]`) every matched term also returns
+`<loss>_enc` (criterion.py).
 """
 
 from __future__ import annotations
@@ -15,6 +20,7 @@ from typing import Any, NamedTuple
 from detr_jax.losses.boxes import boxes_term
 from detr_jax.losses.criterion import Criterion
 from detr_jax.losses.dense import dense_term
+from detr_jax.losses.focal import focal_labels_term
 from detr_jax.losses.labels import cardinality_term, labels_term
 from detr_jax.losses.targets import Targets
 from detr_jax.matching import get_matcher
@@ -31,6 +37,7 @@ class LossTerm(NamedTuple):
 
 LOSS_TERMS: dict[str, LossTerm] = {
     "labels": LossTerm(labels_term, True, ("loss_ce", "class_error")),
+    "focal_labels": LossTerm(focal_labels_term, True, ("loss_ce", "class_error")),
     "boxes": LossTerm(boxes_term, True, ("loss_bbox", "loss_giou")),
     "cardinality": LossTerm(cardinality_term, True, ("cardinality_error",)),
     "dense": LossTerm(dense_term, False, ("loss_dense",)),

@@ -7,15 +7,23 @@ layers with `aux_loss`, else the last) and return per-layer losses [L]; others (
 return scalars. The total is sum over layers of the weighted per-layer losses, plus the weighted
 scalars. Losses without a weight (`class_error`, `cardinality_error`) are only logged.
 
-Shapes (docs/interfaces.md): outputs `pred_logits` [L, B, Q, C+1], `pred_boxes` [L, B, Q, 4]
-normalised cxcywh; batch `labels` [B, G] int32, `boxes` [B, G, 4] normalised cxcywh,
-`box_valid` [B, G] bool, optional `image_valid` [B] bool.
+Shapes (docs/interfaces.md): outputs `pred_logits` [L, B, Q, C+1] (softmax heads, no object
+last) or [L, B, Q, C] (sigmoid heads, no no-object column; terms tell them apart through
+`Targets.num_classes`), `pred_boxes` [L, B, Q, 4] normalised cxcywh; batch `labels` [B, G]
+int32, `boxes` [B, G, 4] normalised cxcywh, `box_valid` [B, G] bool, optional `image_valid`
+[B] bool.
 
 Normalisation of the box losses: the original divides the summed L1 / GIoU losses by
 `num_boxes = all_reduce(#targets) / world_size` on each device and DDP then averages the
 gradients over the devices, which equals dividing the global sum by the global box count. Here a
 step is one jit over the global (possibly sharded) batch, so `max(#valid boxes, 1)` over the
 batch reproduces the original exactly.
+
+Two-stage encoder proposals (Deformable DETR's `enc_outputs`: `pred_logits` [B, N, C],
+`pred_boxes` [B, N, 4], N = all feature positions) are one more "layer": the same matched terms,
+with a matching of their own, against the batch's boxes with every label set to 0 (the
+original's `bin_targets`: proposals are class-agnostic foreground). Their losses are named
+`<loss>_enc` and weighted by `weights[<loss>]`.
 """
 
 from __future__ import annotations
@@ -92,9 +100,12 @@ class Criterion:
             match = self._match(logits, boxes, gt_labels, gt_boxes, gt_valid, qv)
         match = jax.lax.stop_gradient(match)
         tile = lambda x: _flatten_layers(jnp.broadcast_to(x, (num_layers,) + x.shape))
+        # The no-object index is C for both kinds of logits: the last of C + 1 softmax logits,
+        # or, for C sigmoid logits, the all-zero one-hot target.
+        num_classes = num_logits - 1 if self.num_classes is None else int(self.num_classes)
         target_classes, _, matched = match_to_query_targets(
             _flatten_layers(match), tile(gt_labels), tile(gt_boxes), tile(gt_valid), num_q,
-            num_logits - 1,
+            num_classes,
         )
         return Targets(
             match=match,
@@ -104,16 +115,43 @@ class Criterion:
             query_valid=qv, image_valid=image_valid,
             query_weight=(qv & image_valid[:, None]).astype(jnp.float32),
             num_boxes=jnp.maximum(jnp.sum(gt_valid).astype(jnp.float32), 1.0),
+            num_classes=num_classes,
         )
+
+    def encoder_values(self, enc_outputs: Mapping[str, jax.Array], batch: dict
+                       ) -> dict[str, jax.Array]:
+        """The matched terms on two-stage encoder proposals: {`<loss>_enc`: scalar}.
+
+        `enc_outputs`: `pred_logits` float [B, N, C] (sigmoid), `pred_boxes` [B, N, 4]
+        normalised cxcywh, optional `query_valid` bool [B, N] (False: a proposal left out of
+        matching and of the class loss, e.g. at padded positions; default all valid, as the
+        original). They are matched on their own (this criterion's matcher and costs) to the
+        batch's boxes with all labels 0, and normalised by the same `num_boxes`.
+        """
+        logits = jnp.asarray(enc_outputs["pred_logits"], jnp.float32)[None]
+        boxes = jnp.asarray(enc_outputs["pred_boxes"], jnp.float32)[None]
+        if logits.ndim != 4 or boxes.shape != logits.shape[:3] + (4,):
+            raise ValueError(f"expected enc_outputs pred_logits [B,N,C] and pred_boxes [B,N,4], "
+                             f"got {logits.shape[1:]} and {boxes.shape[1:]}")
+        layer = {"pred_logits": logits, "pred_boxes": boxes}
+        bin_batch = dict(batch, labels=jnp.zeros_like(jnp.asarray(batch["labels"], jnp.int32)))
+        t = self.targets(layer, bin_batch, enc_outputs.get("query_valid"))
+        values: dict[str, jax.Array] = {}
+        for (fn, needs_matching), settings in self.terms.values():
+            if needs_matching:
+                values.update(fn(layer, bin_batch, t, **settings))
+        return {f"{k}_enc": (v[-1] if v.ndim == 1 else v) for k, v in values.items()}
 
     def __call__(self, outputs: dict, batch: dict, query_valid: jax.Array | None = None,
                  match: jax.Array | None = None) -> tuple[jax.Array, dict[str, jax.Array]]:
         """Total loss (float32 scalar) and metrics: each loss of the final layer (`loss_ce`,
-        ...), `<loss>_<i>` for the auxiliary layers i = 0..L-2, the scalar terms' losses, the
-        logged metrics, `num_boxes` and `loss`.
+        ...), `<loss>_<i>` for the auxiliary layers i = 0..L-2, `<loss>_enc` for two-stage
+        encoder proposals (`outputs["enc_outputs"]`, see `encoder_values`), the scalar terms'
+        losses, the logged metrics, `num_boxes` and `loss`.
 
         `query_valid` [B, Q] bool leaves queries out of matching and the class loss; `match`
-        [L, B, G] (or [B, G] with aux_loss off) bypasses the matcher. With Group DETR groups
+        [L, B, G] (or [B, G] with aux_loss off) bypasses the matcher (of the decoder layers;
+        encoder proposals are always matched). With Group DETR groups
         (`outputs["num_query_groups"]` K > 1) each group is matched on its own and the losses
         are averaged over the groups (so are the logged errors).
         """
@@ -122,7 +160,7 @@ class Criterion:
         logits = jnp.asarray(set_outputs["pred_logits"], jnp.float32)
         boxes = jnp.asarray(set_outputs["pred_boxes"], jnp.float32)
         if logits.ndim != 4 or boxes.shape != logits.shape[:3] + (4,):
-            raise ValueError(f"expected pred_logits [L,B,Q,C+1] and pred_boxes [L,B,Q,4], got "
+            raise ValueError(f"expected pred_logits [L,B,Q,C(+1)] and pred_boxes [L,B,Q,4], got "
                              f"{logits.shape} and {boxes.shape}")
         c = self.num_classes
         if c is not None and logits.shape[-1] not in (c, c + 1):
@@ -149,6 +187,9 @@ class Criterion:
                 values.update(fn(layered, set_batch, t, **settings))
             else:
                 values.update(fn(outputs, batch, None, **settings))
+        enc_values: dict[str, jax.Array] = {}
+        if outputs.get("enc_outputs") is not None and t is not None:
+            enc_values = self.encoder_values(outputs["enc_outputs"], batch)
         missing = [k for k in self.weights if k not in values]
         if missing:
             raise ValueError(f"loss.weights: {missing} are produced by no term in loss.terms "
@@ -161,6 +202,8 @@ class Criterion:
                 per_layer = w * v if per_layer is None else per_layer + w * v
             else:
                 scalar.append(w * v)
+            if f"{name}_enc" in enc_values:
+                scalar.append(w * enc_values[f"{name}_enc"])
         total = jnp.zeros((), jnp.float32) if per_layer is None else jnp.sum(per_layer)
         for v in scalar:
             total = total + v
@@ -171,6 +214,7 @@ class Criterion:
                 metrics.update({f"{name}_{i}": v[i] for i in range(v.shape[0] - 1)})
             else:
                 metrics[name] = v
+        metrics.update(enc_values)
         if t is not None:
             metrics["num_boxes"] = t.num_boxes
         return total.astype(jnp.float32), {k: jnp.asarray(v, jnp.float32)

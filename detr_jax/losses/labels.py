@@ -1,5 +1,6 @@
 """Loss terms on the class logits: `labels` (DETR's weighted cross-entropy and the logged
-`class_error`) and `cardinality` (the logged `cardinality_error`).
+`class_error`) and `cardinality` (the logged `cardinality_error`). Sigmoid heads' focal loss is
+the `focal_labels` term (detr_jax/losses/focal.py).
 
 Both read the matched targets the criterion prepares (detr_jax/losses/criterion.py,
 `Targets`) and return per-layer losses [L] (`loss_ce`) or final-layer metrics (scalars).
@@ -44,6 +45,10 @@ def labels_term(
     percent of matched queries whose argmax is wrong; logged)."""
     logits = outputs["pred_logits"]
     num_classes = logits.shape[-1] - 1
+    if num_classes != t.num_classes:
+        raise ValueError(
+            f"labels needs softmax logits [L, B, Q, C+1] with C = num_classes = {t.num_classes}, "
+            f"got {logits.shape} (sigmoid heads without a no-object column use 'focal_labels')")
     class_weight = jnp.ones((num_classes + 1,), jnp.float32).at[num_classes].set(eos_coef)
     loss_ce = _weighted_ce(logits, t.target_classes, t.query_weight, class_weight,
                            label_smoothing)
@@ -58,12 +63,19 @@ def labels_term(
 
 
 def cardinality_term(outputs: dict, batch: dict, t: Targets) -> dict[str, jax.Array]:
-    """`cardinality_error` (final layer): mean over valid images of |#queries whose argmax is
-    an object class - #ground-truth boxes| (logged, no gradient)."""
-    final = jax.lax.stop_gradient(outputs["pred_logits"][-1])
-    num_classes = final.shape[-1] - 1
-    pred = jnp.argmax(final, axis=-1)
-    card_pred = jnp.sum((pred != num_classes) & t.query_valid, axis=-1)  # [B]
+    """`cardinality_error` (final layer): mean over valid images of |#predicted objects -
+    #ground-truth boxes| among the valid queries (logged, no gradient).
+
+    A query predicts an object when, with softmax logits [.., C+1], its argmax is an object
+    class (DETR), and with sigmoid logits [.., C] (`t.num_classes` columns), when its largest
+    class probability exceeds 0.5 (Deformable DETR), i.e. its largest logit is > 0.
+    """
+    final = jax.lax.stop_gradient(jnp.asarray(outputs["pred_logits"][-1], jnp.float32))
+    if final.shape[-1] == t.num_classes:  # sigmoid: max_c sigmoid(x_c) > 0.5 <=> max_c x_c > 0
+        is_object = jax.nn.sigmoid(jnp.max(final, axis=-1)) > 0.5
+    else:
+        is_object = jnp.argmax(final, axis=-1) != final.shape[-1] - 1
+    card_pred = jnp.sum(is_object & t.query_valid, axis=-1)  # [B]
     card_err = jnp.abs(card_pred - jnp.sum(t.gt_valid, axis=-1)).astype(jnp.float32)
     img_w = t.image_valid.astype(jnp.float32)
     return {"cardinality_error": jnp.sum(card_err * img_w) / jnp.maximum(jnp.sum(img_w), 1.0)}
