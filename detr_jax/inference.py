@@ -199,7 +199,8 @@ class Predictor:
         `cross_attention` [K, h, w] (last decoder layer, over the real feature positions),
         `point` (y, x) in image pixels and `encoder_attention` [h, w] (the last encoder layer's
         self-attention of that point's feature position; default point: the centre of the best
-        detection, else of the image; None without encoder layers).
+        detection, else of the image; None without encoder layers). Deformable attention has
+        no dense maps: both are None for Deformable DETR.
         """
         orig_h, orig_w = image.shape[:2]
         batch = preprocess(image, min_size, max_size)
@@ -214,7 +215,12 @@ class Predictor:
         inter = outputs["intermediates"]["transformer"]
         n_dec = len([k for k in inter if k.startswith("decoder_layers_")])
         n_enc = len([k for k in inter if k.startswith("encoder_layers_")])
-        cross = _sown(inter, f"decoder_layers_{n_dec - 1}/multihead_attn/attention_weights")[0]
+        path = f"decoder_layers_{n_dec - 1}/multihead_attn/attention_weights"
+        if path not in flax.traverse_util.flatten_dict(inter, sep="/"):
+            # Deformable attention has no dense maps (it sows its sampling locations instead).
+            return {"scores": scores, "labels": labels, "boxes": xyxy, "queries": queries,
+                    "cross_attention": None, "encoder_attention": None, "point": point}
+        cross = _sown(inter, path)[0]
         # The transformer's feature stride (8, 16 or 32 with feature_level and dilation) from
         # its token count: the padded input is a multiple of 32, so the map is exactly H/s x W/s.
         stride = int(round((x.shape[1] * x.shape[2] / cross.shape[-1]) ** 0.5))

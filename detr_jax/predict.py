@@ -130,7 +130,8 @@ def run(config, checkpoint: str, paths: list[str], output_dir: str, **opts) -> l
                 image, p["boxes"], p["labels"], p["scores"], names, score_threshold=threshold
             ),
         )
-        for i in range(min(len(p["queries"]), opts.get("max_attention_maps", 10))):
+        maps = 0 if p["cross_attention"] is None else len(p["queries"])  # none: deformable
+        for i in range(min(maps, opts.get("max_attention_maps", 10))):
             save_png(
                 f"{stem}_query{int(p['queries'][i])}_attention.png",
                 draw_query_attention(

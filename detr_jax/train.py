@@ -34,7 +34,7 @@ from detr_jax.core.sharding import to_global  # noqa: F401 (re-exported)
 from detr_jax.core.writers import MetricWriter
 from detr_jax.data.prefetch import device_prefetch
 from detr_jax.evaluation.evaluator import Evaluator
-from detr_jax.inference import make_predict_fn
+from detr_jax.inference import class_activation, make_predict_fn
 from detr_jax.losses import build_criterion
 from detr_jax.models import build_model, init_variables, variable_shapes
 
@@ -165,6 +165,14 @@ def eval_step(state, batch, *, predict_fn, criterion):
     return post, metrics
 
 
+def eval_top_k(config: Any, model: Any) -> int:
+    """Detections kept per image in evaluation: `eval.top_k`, at most one per query for softmax
+    heads (the best class of each query); sigmoid heads rank (query, class) pairs."""
+    if class_activation(model) == "sigmoid":
+        return int(config.eval.top_k)
+    return min(int(config.eval.top_k), int(config.model.queries.num_queries))
+
+
 def make_steps(config, model, tx, schedule, mesh, state):
     """Jitted train/eval steps with NamedShardings; returns (train, eval, state_sh, batch_sh).
 
@@ -189,9 +197,7 @@ def make_steps(config, model, tx, schedule, mesh, state):
     p_eval = jax.jit(
         functools.partial(
             eval_step,
-            predict_fn=make_predict_fn(
-                model, top_k=min(config.eval.top_k, config.model.queries.num_queries)
-            ),
+            predict_fn=make_predict_fn(model, top_k=eval_top_k(config, model)),
             criterion=criterion,
         ),
         in_shardings=(state_sharding, data_sharding),

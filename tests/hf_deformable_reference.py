@@ -50,6 +50,7 @@ def build_hf_deformable(spec: dict, refine: bool, two_stage: bool, seed: int = 0
         decoder_n_points=spec["dec_points"], num_queries=spec["num_queries"],
         two_stage_num_proposals=spec["num_queries"], num_labels=spec["num_labels"],
         with_box_refine=refine, two_stage=two_stage, auxiliary_loss=True,
+        class_cost=2, bbox_cost=5, giou_cost=2,  # Deformable DETR's costs (HF's default 1/5/2)
     )
     model = DeformableDetrForObjectDetection(config).eval()
     g = torch.Generator().manual_seed(seed + 1)

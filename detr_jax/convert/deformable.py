@@ -35,6 +35,7 @@ from detr_jax.convert.detr import (
     _linear,
     _packed_attention,
     _split_attention,
+    normalise_hf_keys,
 )
 from detr_jax.models.backbones.resnet_keys import detect_layout, infer_resnet, resnet_params
 from detr_jax.models.torch_keys import KeyReader, conv_kernel
@@ -71,11 +72,24 @@ def _input_proj(r: KeyReader, prefix: str, num: int, out: dict) -> None:
 
 def _heads(r: KeyReader, sd: dict, refine: bool, two_stage: bool, num_layers: int,
            dup_prefix: str, out: dict) -> None:
+    """Head i from `class_embed.i` / `bbox_embed.i`, else from the decoder's copy
+    (`<dup_prefix>class_embed.i`), else head 0: HF's `save_pretrained` keeps one key of each
+    tied group (the decoder's copies with refinement / two-stage, class head 0 when HF ties
+    the class heads)."""
     count = num_layers + int(two_stage) if refine else 1
+
+    def source(kind: str, i: int, suffix: str) -> str:
+        for base in (f"{kind}.{i}", f"{dup_prefix}{kind}.{i}", f"{kind}.0",
+                     f"{dup_prefix}{kind}.0"):
+            if base + suffix in sd:
+                return base
+        return f"{kind}.{i}"  # missing: reported by the reader
+
     for i in range(count):
-        _linear(r, f"class_embed.{i}", f"class_embed_{i}", out)
+        _linear(r, source("class_embed", i, ".weight"), f"class_embed_{i}", out)
+        box = source("bbox_embed", i, ".layers.0.weight")
         for m in range(3):
-            _linear(r, f"bbox_embed.{i}.layers.{m}", f"bbox_embed_{i}/layers_{m}", out)
+            _linear(r, f"{box}.layers.{m}", f"bbox_embed_{i}/layers_{m}", out)
     # The rest are copies: the shared head repeated, and the decoder's references to the heads.
     for k in sd:
         if re.match(rf"^(class_embed|bbox_embed|{re.escape(dup_prefix)}(class|bbox)_embed)\.", k):
@@ -101,8 +115,12 @@ def _levels(sd: dict, prefix: str, num: int) -> int:
 
 
 def hf_deformable_to_params(state_dict: dict[str, np.ndarray]) -> tuple[dict, dict]:
-    """HF `DeformableDetrForObjectDetection` state_dict -> (our flat params, layout)."""
-    sd, r = state_dict, KeyReader(state_dict)
+    """HF `DeformableDetrForObjectDetection` state_dict -> (our flat params, layout).
+
+    `save_pretrained` files carry the 4.x backbone prefix (`model.backbone.conv_encoder.model.`),
+    renamed first as for DETR (`normalise_hf_keys`)."""
+    sd = normalise_hf_keys(state_dict)
+    r = KeyReader(sd)
     lay = _layout(sd, "model.", "model.")
     bb_layout = detect_layout(sd, HF_BACKBONE)
     lay["backbone"] = infer_resnet(sd, HF_BACKBONE, bb_layout)
