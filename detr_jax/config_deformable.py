@@ -28,7 +28,8 @@ def deformable_detr(c: ml_collections.ConfigDict, variant: str = "plain"
         name="multi_scale", levels=("C3", "C4", "C5"), extra_levels=1, num_groups=32))
     m.transformer = ml_collections.ConfigDict(dict(  # models/transformers/deformable.py
         name="deformable", nheads=8, enc_layers=6, dec_layers=6, dim_feedforward=1024,
-        dropout=0.1, enc_points=4, dec_points=4, box_refine=refine, two_stage=two_stage))
+        dropout=0.1, enc_points=4, dec_points=4, box_refine=refine, two_stage=two_stage,
+        remat_sampling=False))  # True: recompute the sampling in the backward (less memory)
     if two_stage:  # models/queries/proposals.py
         m.queries = ml_collections.ConfigDict(dict(name="encoder_proposals", num_queries=300))
     else:  # models/queries/learned.py

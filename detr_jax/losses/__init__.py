@@ -68,7 +68,29 @@ def loss_problems(config: Any) -> list[str]:
     heads = config.model.get("heads", {})
     if "dense" in ls.terms and not heads.get("dense_aux", False):
         lines.append("loss.terms.dense needs model.heads.dense_aux=True")
+    lines += _activation_problems(config, heads)
     return lines
+
+
+# Class terms and costs that read softmax (C + 1, no-object last) or sigmoid (C) logits.
+_SOFTMAX_ONLY = {"loss.terms": "labels", "matcher.costs": "class"}
+_SIGMOID_ONLY = {"loss.terms": "focal_labels", "matcher.costs": "focal_class"}
+
+
+def _activation_problems(config: Any, heads: Any) -> list[str]:
+    """Class terms / costs that do not fit the heads' logits (softmax vs sigmoid heads)."""
+    from detr_jax.models.heads import HEADS  # local: the losses do not need the models
+
+    factory = HEADS.get(heads.get("name", ""))
+    while hasattr(factory, "func"):  # functools.partial
+        factory = factory.func
+    activation = getattr(factory, "class_activation", "softmax")
+    wrong = _SOFTMAX_ONLY if activation == "sigmoid" else _SIGMOID_ONLY
+    right = _SIGMOID_ONLY if activation == "sigmoid" else _SOFTMAX_ONLY
+    found = {"loss.terms": config.loss.terms, "matcher.costs": config.matcher.costs}
+    return [f"{field}.{name} does not fit model.heads.name={heads.get('name')!r} ({activation} "
+            f"class logits): use {field}.{right[field]}"
+            for field, name in wrong.items() if name in found[field]]
 
 
 def build_criterion(config: Any) -> Criterion:

@@ -64,6 +64,11 @@ def model_problems(config: Any) -> list[str]:
             part_shared = dict(shared, **_head_layout(TRANSFORMERS.build(
                 m.transformer, "model.transformer", **shared)))
         lines += registry.problems(sub, f"model.{part}", part_shared)
+    if not lines:  # parts that only work together (a deformable decoder needs a multi-scale neck)
+        built = {part: registry.build(m[part], f"model.{part}", **shared)
+                 for part, registry in PARTS.items() if part in ("neck", "transformer", "queries")}
+        check = getattr(built["transformer"], "part_problems", None)
+        lines += check(built["neck"], built["queries"]) if check else []
     return lines
 
 

@@ -53,7 +53,8 @@ class SetDetector(nn.Module):
             generators that build queries from it (denoising); unused by learned queries.
 
         Returns:
-          the heads' outputs: `pred_logits` float32 [L, B, Q, C + 1] (last index = no object),
+          the heads' outputs: `pred_logits` float32 [L, B, Q, C + 1] (softmax heads, last index
+          = no object) or [L, B, Q, C] (sigmoid heads: Deformable DETR),
           `pred_boxes` float32 [L, B, Q, 4] normalised cxcywh (one slice per decoder layer),
           the heads' extras (`dense_logits`, ...), and `num_query_groups` (a Python int: the
           query generator's groups, matched separately by the loss).

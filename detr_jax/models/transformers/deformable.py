@@ -43,13 +43,15 @@ class _Block(nn.Module):
     dim_feedforward: int = 1024
     dropout: float = 0.1
     dtype: Any = None
+    remat_sampling: bool = False
 
     def _norm(self, name):
         return nn.LayerNorm(epsilon=1e-5, dtype=self.dtype, name=name)
 
     def _deform(self, name):
         return MultiScaleDeformableAttention(self.hidden_dim, self.num_heads, self.num_levels,
-                                             self.num_points, self.dtype, name=name)
+                                             self.num_points, self.dtype, self.remat_sampling,
+                                             name=name)
 
     def _add(self, x, y, deterministic, name):
         return x + nn.Dropout(self.dropout, name=f"dropout_{name}")(y, deterministic=deterministic)
@@ -102,7 +104,8 @@ class DeformableTransformer(nn.Module):
     `enc_points` / `dec_points` sampling points per head and level.
 
     Attributes beyond the widths: `box_refine`, `two_stage` (see the module docstring);
-    `dtype` (set by the builder).
+    `remat_sampling` (recompute the deformable sampling in the backward pass: less memory at
+    large images, same results); `dtype` (set by the builder).
     """
 
     hidden_dim: int = 256
@@ -115,7 +118,23 @@ class DeformableTransformer(nn.Module):
     dec_points: int = 4
     box_refine: bool = False
     two_stage: bool = False
+    remat_sampling: bool = False
     dtype: Any = None
+
+    def part_problems(self, neck: nn.Module, queries: nn.Module) -> list[str]:
+        """One line per part this transformer cannot work with (checked at start-up)."""
+        lines = []
+        if not hasattr(neck, "num_levels"):
+            lines.append("model.transformer.name='deformable' needs model.neck.name="
+                         "'multi_scale' (levels, valid ratios)")
+        has_proposals = hasattr(queries, "num_queries") and not hasattr(queries, "with_content")
+        if self.two_stage and not has_proposals:
+            lines.append("model.transformer.two_stage=True needs model.queries.name="
+                         "'encoder_proposals' (the queries come from the encoder)")
+        if not self.two_stage and not getattr(queries, "with_content", False):
+            lines.append("model.transformer.name='deformable' (one-stage) needs "
+                         "model.queries.with_content=True (query position and content)")
+        return lines
 
     def head_layout(self) -> dict[str, Any]:
         """What the heads must be built with (the builder hands it to them): one prediction per
@@ -152,7 +171,8 @@ class DeformableTransformer(nn.Module):
                              "(model.neck.name='multi_scale')")
         det = not train
         kw = dict(hidden_dim=self.hidden_dim, num_heads=self.nheads, num_levels=len(shapes),
-                  dim_feedforward=self.dim_feedforward, dropout=self.dropout, dtype=self.dtype)
+                  dim_feedforward=self.dim_feedforward, dropout=self.dropout, dtype=self.dtype,
+                  remat_sampling=self.remat_sampling)
         enc_refs = encoder_reference_points(shapes, ratios)
         x = src
         for i in range(self.enc_layers):

@@ -47,7 +47,9 @@ class MultiScaleDeformableAttention(nn.Module):
     """Deformable attention of `num_heads` heads, `num_points` points on each of `num_levels`.
 
     Sampling offsets and attention weights are computed in float32 whatever `dtype` (sampling
-    locations need the precision); the value and output projections run in `dtype`.
+    locations need the precision); the value and output projections run in `dtype`. `remat`
+    recomputes the sampling in the backward pass instead of storing the gathered values
+    ([B, H, Lq * L * P * 4, Dh] per layer, the bulk of the encoder's activations).
     """
 
     hidden_dim: int
@@ -55,6 +57,7 @@ class MultiScaleDeformableAttention(nn.Module):
     num_levels: int = 4
     num_points: int = 4
     dtype: Any = None
+    remat: bool = False
 
     @nn.compact
     def __call__(
@@ -113,7 +116,8 @@ class MultiScaleDeformableAttention(nn.Module):
             raise ValueError(f"reference points end in {ref.shape[-1]}; expected 2 or 4")
         self.sow("intermediates", "sampling_locations", loc)
         self.sow("intermediates", "sampling_weights", weights)
-        out = ms_deform_attn(v, spatial_shapes, loc, weights.astype(loc.dtype))
+        core = jax.checkpoint(ms_deform_attn, static_argnums=(1,)) if self.remat else ms_deform_attn
+        out = core(v, tuple(spatial_shapes), loc, weights.astype(loc.dtype))
         return nn.Dense(d, kernel_init=_xavier, bias_init=nn.initializers.zeros, dtype=self.dtype,
                         name="output_proj")(out.astype(v.dtype))
 
