@@ -29,7 +29,8 @@ def deformable_detr(c: ml_collections.ConfigDict, variant: str = "plain"
     m.transformer = ml_collections.ConfigDict(dict(  # models/transformers/deformable.py
         name="deformable", nheads=8, enc_layers=6, dec_layers=6, dim_feedforward=1024,
         dropout=0.1, enc_points=4, dec_points=4, box_refine=refine, two_stage=two_stage,
-        remat_sampling=False))  # True: recompute the sampling in the backward (less memory)
+        remat_sampling=False,  # True: recompute the sampling in the backward (less memory)
+        sampling_chunk=0))  # > 0: sample that many queries at a time (e.g. 4096 at 800x1333)
     if two_stage:  # models/queries/proposals.py
         m.queries = ml_collections.ConfigDict(dict(name="encoder_proposals", num_queries=300))
     else:  # models/queries/learned.py

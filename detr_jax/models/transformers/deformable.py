@@ -44,6 +44,7 @@ class _Block(nn.Module):
     dropout: float = 0.1
     dtype: Any = None
     remat_sampling: bool = False
+    sampling_chunk: int = 0
 
     def _norm(self, name):
         return nn.LayerNorm(epsilon=1e-5, dtype=self.dtype, name=name)
@@ -51,7 +52,7 @@ class _Block(nn.Module):
     def _deform(self, name):
         return MultiScaleDeformableAttention(self.hidden_dim, self.num_heads, self.num_levels,
                                              self.num_points, self.dtype, self.remat_sampling,
-                                             name=name)
+                                             self.sampling_chunk, name=name)
 
     def _add(self, x, y, deterministic, name):
         return x + nn.Dropout(self.dropout, name=f"dropout_{name}")(y, deterministic=deterministic)
@@ -104,8 +105,9 @@ class DeformableTransformer(nn.Module):
     `enc_points` / `dec_points` sampling points per head and level.
 
     Attributes beyond the widths: `box_refine`, `two_stage` (see the module docstring);
-    `remat_sampling` (recompute the deformable sampling in the backward pass: less memory at
-    large images, same results); `dtype` (set by the builder).
+    `remat_sampling` (recompute the deformable sampling in the backward pass) and
+    `sampling_chunk` (sample that many queries at a time; 0: all at once): less memory at large
+    images, same results; `dtype` (set by the builder).
     """
 
     hidden_dim: int = 256
@@ -119,6 +121,7 @@ class DeformableTransformer(nn.Module):
     box_refine: bool = False
     two_stage: bool = False
     remat_sampling: bool = False
+    sampling_chunk: int = 0
     dtype: Any = None
 
     def part_problems(self, neck: nn.Module, queries: nn.Module) -> list[str]:
@@ -172,7 +175,7 @@ class DeformableTransformer(nn.Module):
         det = not train
         kw = dict(hidden_dim=self.hidden_dim, num_heads=self.nheads, num_levels=len(shapes),
                   dim_feedforward=self.dim_feedforward, dropout=self.dropout, dtype=self.dtype,
-                  remat_sampling=self.remat_sampling)
+                  remat_sampling=self.remat_sampling, sampling_chunk=self.sampling_chunk)
         enc_refs = encoder_reference_points(shapes, ratios)
         x = src
         for i in range(self.enc_layers):

@@ -49,7 +49,8 @@ class MultiScaleDeformableAttention(nn.Module):
     Sampling offsets and attention weights are computed in float32 whatever `dtype` (sampling
     locations need the precision); the value and output projections run in `dtype`. `remat`
     recomputes the sampling in the backward pass instead of storing the gathered values
-    ([B, H, Lq * L * P * 4, Dh] per layer, the bulk of the encoder's activations).
+    ([B, H, Lq * L * P * 4, Dh] per layer); `query_chunk` > 0 samples that many queries at a
+    time (ops/ms_deform_attn.py), which bounds those values in both passes.
     """
 
     hidden_dim: int
@@ -58,6 +59,7 @@ class MultiScaleDeformableAttention(nn.Module):
     num_points: int = 4
     dtype: Any = None
     remat: bool = False
+    query_chunk: int = 0
 
     @nn.compact
     def __call__(
@@ -116,8 +118,10 @@ class MultiScaleDeformableAttention(nn.Module):
             raise ValueError(f"reference points end in {ref.shape[-1]}; expected 2 or 4")
         self.sow("intermediates", "sampling_locations", loc)
         self.sow("intermediates", "sampling_weights", weights)
-        core = jax.checkpoint(ms_deform_attn, static_argnums=(1,)) if self.remat else ms_deform_attn
-        out = core(v, tuple(spatial_shapes), loc, weights.astype(loc.dtype))
+        core = ms_deform_attn
+        if self.remat:
+            core = jax.checkpoint(ms_deform_attn, static_argnums=(1, 4))
+        out = core(v, tuple(spatial_shapes), loc, weights.astype(loc.dtype), self.query_chunk)
         return nn.Dense(d, kernel_init=_xavier, bias_init=nn.initializers.zeros, dtype=self.dtype,
                         name="output_proj")(out.astype(v.dtype))
 
