@@ -8,7 +8,9 @@ config and its test.
 Softmax heads ([.., C+1] logits) use `labels`, sigmoid heads ([.., C], Deformable DETR) use
 `focal_labels` (with the `focal_class` matching cost); `boxes` and `cardinality` serve both.
 With two-stage encoder proposals (`outputs["enc_outputs"]`) every matched term also returns
-`<loss>_enc` (criterion.py).
+`<loss>_enc` (criterion.py). `denoising` supervises DINO's denoising queries
+(`outputs["dn_outputs"]`, `dn_meta`) by their fixed ground truth: `loss_ce_dn`, `loss_bbox_dn`,
+`loss_giou_dn` (denoising.py).
 """
 
 from __future__ import annotations
@@ -19,6 +21,7 @@ from typing import Any, NamedTuple
 
 from detr_jax.losses.boxes import boxes_term
 from detr_jax.losses.criterion import Criterion
+from detr_jax.losses.denoising import DN_LOSSES, denoising_term
 from detr_jax.losses.dense import dense_term
 from detr_jax.losses.focal import focal_labels_term
 from detr_jax.losses.labels import cardinality_term, labels_term
@@ -41,6 +44,7 @@ LOSS_TERMS: dict[str, LossTerm] = {
     "boxes": LossTerm(boxes_term, True, ("loss_bbox", "loss_giou")),
     "cardinality": LossTerm(cardinality_term, True, ("cardinality_error",)),
     "dense": LossTerm(dense_term, False, ("loss_dense",)),
+    "denoising": LossTerm(denoising_term, False, DN_LOSSES),
 }
 
 

@@ -3,9 +3,11 @@
 As facebookresearch/detr's SetCriterion: `terms` maps a registered term name to its settings
 (detr_jax/losses/__init__.py, `LOSS_TERMS`), `weights` maps each loss a term returns to its
 weight. Terms that need matching see the outputs of every decoder layer ([L, B, Q, ...], all
-layers with `aux_loss`, else the last) and return per-layer losses [L]; others (e.g. `dense`)
-return scalars. The total is sum over layers of the weighted per-layer losses, plus the weighted
-scalars. Losses without a weight (`class_error`, `cardinality_error`) are only logged.
+layers with `aux_loss`, else the last) and return per-layer losses [L]; others get the raw
+outputs and return scalars (`dense`) or [L] losses of the same layers (`denoising`: its
+`dn_outputs` are cut to the final layer too without `aux_loss`). The total is sum over layers
+of the weighted per-layer losses, plus the weighted scalars. Losses without a weight
+(`class_error`, `cardinality_error`) are only logged.
 
 Shapes (docs/interfaces.md): outputs `pred_logits` [L, B, Q, C+1] (softmax heads, no object
 last) or [L, B, Q, C] (sigmoid heads, no no-object column; terms tell them apart through
@@ -28,6 +30,7 @@ original's `bin_targets`: proposals are class-agnostic foreground). Their losses
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Mapping
 from typing import Any
 
@@ -43,6 +46,16 @@ from detr_jax.models.queries.groups import fold_query_groups
 def _flatten_layers(x: jax.Array) -> jax.Array:
     """[L, B, ...] -> [L*B, ...]."""
     return x.reshape((x.shape[0] * x.shape[1],) + x.shape[2:])
+
+
+def _last_layer(outputs: dict) -> dict:
+    """`outputs` with the per-layer arrays (`pred_logits`, `pred_boxes`, and those of
+    `dn_outputs`, [L, ...]) cut to the final layer [1, ...]: what terms without matching see
+    with `aux_loss` off, so that their [L] losses follow the matched ones."""
+    cut = {k: outputs[k][-1:] for k in ("pred_logits", "pred_boxes") if k in outputs}
+    if outputs.get("dn_outputs") is not None:
+        cut["dn_outputs"] = {k: v[-1:] for k, v in outputs["dn_outputs"].items()}
+    return dict(outputs, **cut)
 
 
 class Criterion:
@@ -68,6 +81,12 @@ class Criterion:
             raise ValueError(f"loss.terms: unknown {unknown}; choose from {tuple(term_fns)}")
         self.terms = {name: (tuple(term_fns[name][:2]), dict(settings))
                       for name, settings in terms.items()}
+        # Terms without matching that take a keyword-only `num_classes` (denoising) get C.
+        for (fn, needs_matching), settings in self.terms.values():
+            params = inspect.signature(fn).parameters
+            if (not needs_matching and num_classes is not None and "num_classes" in params
+                    and params["num_classes"].kind is inspect.Parameter.KEYWORD_ONLY):
+                settings.setdefault("num_classes", int(num_classes))
         self.weights = dict(weights)
         self.matcher, self.costs, self.aux_loss = matcher, dict(costs), aux_loss
         self.num_classes = num_classes
@@ -178,6 +197,7 @@ class Criterion:
             expected = (logits.shape[0], logits.shape[1], set_batch["labels"].shape[-1])
             if match.shape != expected:
                 raise ValueError(f"match must be [L,B,G]={expected}, got {match.shape}")
+        raw_outputs = outputs if self.aux_loss else _last_layer(outputs)
         t = None
         if any(needs for (_, needs), _ in self.terms.values()):
             t = self.targets(layered, set_batch, query_valid, match)
@@ -186,7 +206,7 @@ class Criterion:
             if needs_matching:
                 values.update(fn(layered, set_batch, t, **settings))
             else:
-                values.update(fn(outputs, batch, None, **settings))
+                values.update(fn(raw_outputs, batch, None, **settings))
         enc_values: dict[str, jax.Array] = {}
         if outputs.get("enc_outputs") is not None and t is not None:
             enc_values = self.encoder_values(outputs["enc_outputs"], batch)
