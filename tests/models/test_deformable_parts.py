@@ -129,3 +129,26 @@ def test_part_combinations_are_checked_at_start_up():
     assert any("loss.terms.labels does not fit" in line for line in lines)
     assert any("matcher.costs.class does not fit" in line for line in lines)
     assert model_problems(tiny("plain")) == [] and loss_problems(tiny("plain")) == []
+
+
+def test_group_queries_one_to_many_in_training_only():
+    """Group DETR groups on the one-stage deformable decoder: K * Q queries in training, each
+    group blind to the others (group 0 then predicts exactly as in inference), Q in eval."""
+    c = tiny("plain", dropout=0.0)
+    c.model.backbone.norm = "frozen_bn"
+    c.model.queries.num_groups = 3
+    model, criterion = build_model(c), build_criterion(c)
+    variables = init_variables(model, (64, 64), jax.random.PRNGKey(0))
+    images, mask = jnp.ones((1, 64, 64, 3)), jnp.ones((1, 64, 64), bool)
+    train_out = model.apply(variables, images, mask, train=True)
+    eval_out = model.apply(variables, images, mask)
+    q = c.model.queries.num_queries
+    assert train_out["pred_logits"].shape[2] == 3 * q and eval_out["pred_logits"].shape[2] == q
+    assert int(train_out["num_query_groups"]) == 3
+    np.testing.assert_allclose(train_out["pred_boxes"][:, :, :q], eval_out["pred_boxes"],
+                               atol=1e-5)
+    batch = {"labels": np.array([[1]], np.int32),
+             "boxes": np.array([[[0.5, 0.5, 0.3, 0.3]]], np.float32),
+             "box_valid": np.ones((1, 1), bool)}
+    loss, metrics = criterion(train_out, batch)
+    assert np.isfinite(float(loss)) and "loss_ce" in metrics

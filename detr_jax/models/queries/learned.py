@@ -1,8 +1,10 @@
 """DETR's learned object queries, with optional Group DETR training groups.
 
 Params (in the detector's scope, as in the original's state_dict): `query_embed` [Q, D] and,
-with `num_groups` K > 1, `group_query_embed` [(K - 1) * Q, D] (created in both modes so the
-param tree does not depend on `train`; used in training only, see groups.py).
+with `num_groups` K > 1, `group_query_embed` [(K - 1) * Q, D] ([.., 2D] `with_content`;
+created in both modes so the param tree does not depend on `train`; used in training only, see
+groups.py). Deformable DETR's one-stage decoder takes the groups as they are (one-to-many
+training: each group is matched on its own).
 """
 
 from __future__ import annotations
@@ -55,17 +57,17 @@ class LearnedQueries(nn.Module):
         embed = jnp.broadcast_to(embed.astype(dtype)[None], (batch_size, q, width))
         query_pos, tgt = embed[..., :d], (embed[..., d:] if self.with_content else None)
         groups, mask = 1, None
-        if self.num_groups > 1 and self.with_content:
-            raise ValueError("model.queries: num_groups > 1 with with_content is not supported")
         if self.num_groups > 1:
             extra = self.param(
                 "group_query_embed",
                 nn.initializers.normal(self.init_std),
-                ((self.num_groups - 1) * q, d),
+                ((self.num_groups - 1) * q, width),
             )
             if train:
                 extra = jnp.broadcast_to(extra.astype(dtype)[None], (batch_size,) + extra.shape)
-                query_pos = jnp.concatenate([query_pos, extra], axis=1)
+                query_pos = jnp.concatenate([query_pos, extra[..., :d]], axis=1)
+                if self.with_content:
+                    tgt = jnp.concatenate([tgt, extra[..., d:]], axis=1)
                 groups, mask = self.num_groups, group_self_attn_mask(self.num_groups, q)
         return {"query_pos": query_pos, "tgt": tgt, "self_attn_mask": mask,
                 "num_groups": groups}
