@@ -126,6 +126,10 @@ def base_config() -> ml_collections.ConfigDict:
     o.lr_drop_step = 1000
     o.lr_drop_factor = 0.1
     o.final_lr_factor = 0.01  # cosine: lr at the end, relative to the peak
+    # EMA of the params (detr_jax/ema.py), kept in the train step and used for evaluation and
+    # prediction: 0 = off; e.g. 0.9997 (RT-DETR / RF-DETR). Warm-up: decay min(d, (1+n)/(10+n)).
+    o.ema_decay = 0.0
+    o.ema_warmup = True
 
     e = c.eval = ml_collections.ConfigDict()
     e.batch_size = 16

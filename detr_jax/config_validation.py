@@ -6,7 +6,7 @@ import os
 import tempfile
 from typing import Any
 
-from detr_jax import transfer
+from detr_jax import ema, transfer
 from detr_jax.core import sharding
 from detr_jax.data import DATASET_CHOICES, SHAPES_SPECS
 from detr_jax.losses import loss_problems
@@ -69,6 +69,7 @@ def validate_config(config: Any, num_devices: int, workdir: str | None = None) -
         value = _get(config, field)
         need(isinstance(value, int) and value >= 0, f"{field}={value!r} must be an integer >= 0")
     need(config.optim.lr > 0, f"optim.lr={config.optim.lr} must be > 0")
+    errors += ema.problems(config)
     need(
         isinstance(config.get("xla_cpu_ynnpack", False), bool),
         f"xla_cpu_ynnpack={config.get('xla_cpu_ynnpack')!r} must be true or false",

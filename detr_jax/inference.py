@@ -107,7 +107,9 @@ def load_for_inference(config: Any, checkpoint: str) -> tuple[Any, dict]:
     model = build_model(config)
     fresh = variable_shapes(model, tuple(config.image_buckets[0]))
     fresh = jax.tree.map(lambda s: np.zeros(s.shape, s.dtype), fresh)
-    src_params, src_stats, _ = load_params_checkpoint(checkpoint)
+    # A run with the EMA on evaluated with its EMA params: predict with those too.
+    prefer_ema = float(config.optim.get("ema_decay", 0.0) or 0.0) > 0
+    src_params, src_stats, _ = load_params_checkpoint(checkpoint, prefer_ema=prefer_ema)
     params, stats, report = merge_pretrained(
         fresh["params"], fresh.get("batch_stats", {}), src_params, src_stats, "all"
     )

@@ -8,6 +8,11 @@ which also hold the optimiser state) are read the same way, so `init_from` accep
 - a params checkpoint directory (written by `python -m detr_jax.convert`);
 - a training workdir (its newest checkpoint), its `checkpoints/` directory, or one step directory.
 
+A training checkpoint of a run with an EMA of the params (`optim.ema_decay` > 0) also holds
+`ema_params`; `load_params_checkpoint(path, prefer_ema=True)` returns those in place of `params`
+(init_from and prediction ask for them when their config has the EMA on, the weights that run
+evaluated with), else the raw params.
+
 Arrays are restored as host numpy arrays; nothing here needs torch.
 """
 
@@ -64,8 +69,11 @@ def resolve_state_dir(path: str) -> str:
     )
 
 
-def load_params_checkpoint(path: str) -> tuple[dict, dict, dict]:
+def load_params_checkpoint(path: str, prefer_ema: bool = False) -> tuple[dict, dict, dict]:
     """Reads (params, batch_stats, meta) as nested dicts of numpy arrays from an init_from path.
+
+    With `prefer_ema`, a training checkpoint's `ema_params` come back as the params when it has
+    them (`meta["params_from"]` says which: "ema_params" or "params").
 
     `meta["config_fields"]` comes with the current field names, also from checkpoints converted
     before the fields were renamed (`config_base.LEGACY_FIELDS`, e.g. `model.backbone` ->
@@ -88,4 +96,6 @@ def load_params_checkpoint(path: str) -> tuple[dict, dict, dict]:
             meta = {}
     if isinstance(meta.get("config_fields"), dict):  # older checkpoints: the old field names
         meta["config_fields"] = translate_legacy_fields(meta["config_fields"])
-    return restored.get("params", {}), restored.get("batch_stats", {}) or {}, meta
+    key = "ema_params" if prefer_ema and restored.get("ema_params") else "params"
+    meta["params_from"] = key
+    return restored.get(key, {}), restored.get("batch_stats", {}) or {}, meta

@@ -5,6 +5,9 @@ when `mesh.fsdp` is 1, its large leaves split over `fsdp` otherwise; batches are
 device (detr_jax/core/sharding.py). Both steps are jitted with in/out NamedShardings over global
 arrays, which works the same on 1 device, on N and on N processes; the train step donates the
 state.
+With `optim.ema_decay` > 0 the state also holds `ema_params` (detr_jax/ema.py), updated in the
+train step; evaluation and the final evaluation then use them (the eval step reads
+`eval_params(state)`).
 """
 
 from __future__ import annotations
@@ -25,7 +28,7 @@ import optax
 from absl import logging
 from jax.sharding import Mesh
 
-from detr_jax import data, optim, transfer
+from detr_jax import data, ema, optim, transfer
 from detr_jax.config_validation import validate_config
 from detr_jax.core import checkpointing, distributed, fileio, preemption, sharding
 from detr_jax.core.compile_options import jit_once, step_compiler_options
@@ -46,6 +49,14 @@ class TrainState:
     batch_stats: Any  # {} unless the backbone uses trainable BatchNorm
     opt_state: Any
     rng: jax.Array  # uint32[2] raw key
+    # EMA of params (detr_jax/ema.py), like `params`; None (no leaves) with optim.ema_decay = 0.
+    ema_params: Any = None
+
+
+def eval_params(state: Any) -> Any:
+    """The params evaluation uses: the EMA params when the state has them, else the params."""
+    ema_params = getattr(state, "ema_params", None)
+    return state.params if ema_params is None else ema_params
 
 
 def make_mesh(config: Any = None) -> Mesh:
@@ -85,6 +96,7 @@ def create_train_state(
             batch_stats=variables.get("batch_stats", {}),
             opt_state=tx.init(params),
             rng=state_rng,
+            ema_params=ema.copy_params(params) if ema.ema_on(config) else None,
         )
 
     return jit_once(create)(rng)  # one cheap compile; eager init dispatches every op separately
@@ -114,11 +126,15 @@ def _apply(model, state, params, batch, train, rng=None):
     return model.apply(variables, batch["image"], batch["pixel_mask"], train=train, **kwargs), {}
 
 
-def train_step(state, batch, *, model, tx, schedule, criterion):
+def train_step(
+    state, batch, *, model, tx, schedule, criterion, ema_decay=0.0, ema_warmup=True, frozen=None
+):
     """One optimisation step on a global batch. Returns (new_state, metrics of scalars).
 
-    A non-finite loss or gradient norm skips the update (params, statistics and optimiser state
-    are kept) and reports `nonfinite` = 1.
+    A non-finite loss or gradient norm skips the update (params, statistics, optimiser state and
+    EMA are kept) and reports `nonfinite` = 1. When the state has `ema_params`, they are updated
+    with decay `ema.decay_at(state.step, ema_decay, ema_warmup)` (logged as `ema_decay`);
+    `frozen` (bool pytree like params, or None) marks the params the EMA copies as they are.
     """
     rng = jax.random.fold_in(state.rng, state.step)
 
@@ -149,13 +165,18 @@ def train_step(state, batch, *, model, tx, schedule, criterion):
         lr=schedule(state.step),
         nonfinite=1.0 - finite.astype(jnp.float32),
     )
+    if state.ema_params is not None:
+        decay = ema.decay_at(state.step, ema_decay, ema_warmup)
+        new_ema = ema.update(state.ema_params, new_state.params, decay, frozen)
+        new_state = new_state.replace(ema_params=keep_if_finite(new_ema, state.ema_params))
+        metrics["ema_decay"] = decay
     return new_state, metrics
 
 
 def eval_step(state, batch, *, predict_fn, criterion):
     """`predict_fn`'s "bbox" predictions for a batch (pixels of each original image) and the eval
-    losses on its raw outputs."""
-    variables = {"params": state.params}
+    losses on its raw outputs, with `eval_params(state)` (the EMA params when it has them)."""
+    variables = {"params": eval_params(state)}
     if state.batch_stats:
         variables["batch_stats"] = state.batch_stats
     predictions, outputs = predict_fn(variables, batch)
@@ -185,9 +206,19 @@ def make_steps(config, model, tx, schedule, mesh, state):
     data_sharding = sharding.batch_sharding(mesh)
     state_sharding = sharding.state_shardings(state, mesh)
     options = step_compiler_options(config.get("xla_cpu_ynnpack", False))
+    ema_kwargs = {}
+    if getattr(state, "ema_params", None) is not None:
+        labels = optim.param_labels(
+            state.params, optim.optimizer_rules(config, model, state.params)
+        )
+        ema_kwargs = dict(
+            ema_decay=ema.ema_decay(config),
+            ema_warmup=ema.ema_warmup(config),
+            frozen=jax.tree.map(lambda label: label == optim.FROZEN, labels),
+        )
     p_train = jax.jit(
         functools.partial(
-            train_step, model=model, tx=tx, schedule=schedule, criterion=criterion
+            train_step, model=model, tx=tx, schedule=schedule, criterion=criterion, **ema_kwargs
         ),
         in_shardings=(state_sharding, data_sharding),
         out_shardings=(state_sharding, replicated),
@@ -241,6 +272,9 @@ def _train_and_evaluate(
         jax.process_count(),
         sharding.describe(state, state_sharding),
     )
+    if ema.ema_on(config):
+        logging.info("EMA of the params: decay %g, warm-up %s (used for evaluation)",
+                     ema.ema_decay(config), ema.ema_warmup(config))
 
     config_json = config.to_json()
     manager = checkpointing.make_manager(workdir, config.checkpoint_every, config.keep_checkpoints)

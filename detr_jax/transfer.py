@@ -147,19 +147,24 @@ def _warn_config_differences(config: Any, meta: dict) -> None:
 
 
 def init_from_checkpoint(config: Any, state: Any) -> Any:
-    """`state` with params (and BatchNorm statistics) from `config.init_from`, if set."""
+    """`state` with params (and BatchNorm statistics) from `config.init_from`, if set.
+
+    With the EMA on (`optim.ema_decay` > 0) the params come from a training checkpoint's EMA
+    params when it has them, and the state's EMA starts from the loaded params."""
     if not config.init_from:
         return state
-    src_params, src_stats, meta = load_params_checkpoint(config.init_from)
+    has_ema = getattr(state, "ema_params", None) is not None
+    src_params, src_stats, meta = load_params_checkpoint(config.init_from, prefer_ema=has_ema)
     _warn_config_differences(config, meta)
     params, stats, report = merge_pretrained(
         state.params, state.batch_stats, src_params, src_stats, config.init_mode
     )
     logging.info(
-        "init_from %s (mode %s): %d arrays loaded, %d re-initialised %s, %d kept fresh %s, "
+        "init_from %s (mode %s, %s): %d arrays loaded, %d re-initialised %s, %d kept fresh %s, "
         "%d ignored %s",
         config.init_from,
         config.init_mode,
+        meta["params_from"],
         len(report["loaded"]),
         len(report["reinitialised"]),
         report["reinitialised"],
@@ -168,7 +173,10 @@ def init_from_checkpoint(config: Any, state: Any) -> Any:
         len(report["ignored"]),
         report["ignored"][:10],
     )
-    return state.replace(params=params, batch_stats=stats if state.batch_stats else {})
+    state = state.replace(params=params, batch_stats=stats if state.batch_stats else {})
+    if has_ema:  # own buffers (the train step donates the state)
+        state = state.replace(ema_params=jax.tree.map(lambda x: x.copy(), params))
+    return state
 
 
 def freeze_backbone_until(steps: int, is_backbone: Any):

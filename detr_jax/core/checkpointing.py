@@ -1,7 +1,14 @@
 """Checkpoints with orbax: save every N steps, keep K, resume from the newest complete one.
 
-A checkpoint holds the train state pytree (params, batch_stats, opt_state, step, rng) and JSON
-metadata (the config, the detr_jax version and the param and batch-statistics shapes).
+A checkpoint holds the train state pytree (params, batch_stats, opt_state, step, rng, and
+ema_params when the run keeps an EMA of the params) and JSON metadata (the config, the detr_jax
+version, the param and batch-statistics shapes, and `has_ema_params`).
+
+EMA (detr_jax/ema.py): a state whose `ema_params` is None is saved without that entry, so a run
+without EMA writes the same tree as before the EMA existed, and such checkpoints resume as
+before. A run with EMA that resumes a checkpoint without EMA params starts its EMA from the
+restored params (with a warning); a run without EMA that resumes one with EMA params drops them
+(with a warning).
 
 Crash safety: orbax writes each step to `<step>.orbax-checkpoint-tmp-*` and renames it when
 complete, so a save interrupted by a crash (kill -9, OOM, preemption without grace) is never
@@ -15,6 +22,7 @@ strict as well (no padding or truncation), so nothing is broadcast or truncated 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from typing import Any
@@ -68,12 +76,25 @@ def save(
         "config": config_json,
         "param_shapes": param_shapes(state.params),
         "batch_stats_shapes": param_shapes(state.batch_stats),
+        "has_ema_params": getattr(state, "ema_params", None) is not None,
     }
+    tree = _saved_tree(state)
     return manager.save(
         step,
-        args=ocp.args.Composite(state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)),
+        args=ocp.args.Composite(state=ocp.args.StandardSave(tree), meta=ocp.args.JsonSave(meta)),
         force=force,
     )
+
+
+def _saved_tree(state: Any) -> Any:
+    """The tree written for `state`: its fields as a dict, without `ema_params` when None (the
+    layout of checkpoints written before the EMA existed)."""
+    if not dataclasses.is_dataclass(state):
+        return state
+    tree = {f.name: getattr(state, f.name) for f in dataclasses.fields(state)}
+    if tree.get("ema_params", 0) is None:
+        del tree["ema_params"]
+    return tree
 
 
 def _shape_diffs(kind: str, saved: dict, expected: dict) -> list[str]:
@@ -157,7 +178,6 @@ def restore_latest(
     config fields that changed since the checkpoint are logged.
     """
     manager.reload()
-    abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, target)
     for step in sorted(manager.all_steps(), reverse=True):
         where = step_path(manager, step)
         try:
@@ -168,6 +188,8 @@ def restore_latest(
             continue
         check_layout(meta, where)
         check_compatible(meta, target, where)
+        tree, finish = _restore_target(target, bool(meta.get("has_ema_params")), where)
+        abstract = jax.tree.map(ocp.utils.to_shape_dtype_struct, tree)
         try:
             restored = manager.restore(
                 step, args=ocp.args.Composite(state=ocp.args.StandardRestore(abstract))
@@ -184,5 +206,36 @@ def restore_latest(
             logging.warning("skipping unreadable checkpoint %s: %s", where, str(e)[:300])
             continue
         _log_differences(meta, config_json)
-        return restored["state"], dict(meta, step=step, path=where)
+        return finish(restored["state"]), dict(meta, step=step, path=where)
     return None
+
+
+def _restore_target(target: Any, saved_ema: bool, where: str) -> tuple[Any, Any]:
+    """(the tree to restore, a function turning the restored tree into `target`'s type) for a
+    checkpoint with (`saved_ema`) or without EMA params; see the module docstring."""
+    if not dataclasses.is_dataclass(target):
+        return target, lambda tree: tree
+    tree = _saved_tree(target)
+    want_ema = "ema_params" in tree
+    if want_ema and not saved_ema:
+        del tree["ema_params"]
+    elif saved_ema and not want_ema:
+        tree["ema_params"] = target.params  # the same shapes and shardings
+
+    def finish(restored: dict) -> Any:
+        restored = dict(restored)
+        if want_ema and not saved_ema:
+            logging.warning(
+                "checkpoint %s holds no EMA params (written without optim.ema_decay): the EMA "
+                "starts from its params at step %d", where, int(restored["step"]))
+            restored["ema_params"] = jax.tree.map(
+                lambda x: x.copy(), restored["params"])  # own buffers: the train step donates
+        elif saved_ema and not want_ema:
+            logging.warning(
+                "checkpoint %s holds EMA params; optim.ema_decay is 0, so they are dropped and "
+                "training goes on from its params", where)
+            restored.pop("ema_params")
+        return target.replace(**restored) if hasattr(target, "replace") else type(target)(
+            **restored)
+
+    return tree, finish
