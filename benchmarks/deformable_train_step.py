@@ -194,7 +194,24 @@ def flops(args, image: tuple[int, int]) -> None:
     rng = jax.random.PRNGKey(0)
     tx, schedule = train.make_optimizer_for(config, model, rng)
     state = jax.eval_shape(lambda r: train.create_train_state(config, model, tx, r), rng)
-    p_train, _, _, _ = train.make_steps(config, model, tx, schedule, train.make_mesh(), state)
+    p_train, _, state_sharding, data_sharding = train.make_steps(
+        config, model, tx, schedule, train.make_mesh(), state)
+    if args.time_steps:  # our side alone, random weights: ms/step for the overrides
+        real = jax.device_put(train.create_train_state(config, model, tx, rng), state_sharding)
+        real_batch = train.to_global(host_batch(*synthetic_batch(
+            args.batch, image, config.num_classes)), data_sharding)
+        step = p_train.lower(real, real_batch).compile()
+        real, _ = step(real, real_batch)
+        jax.block_until_ready(real)
+        t = time.perf_counter()
+        for _ in range(args.time_steps):
+            real, metrics = step(real, real_batch)
+        float(metrics["loss"])
+        ms = 1e3 * (time.perf_counter() - t) / args.time_steps
+        print(f"train step {image[0]}x{image[1]} batch {args.batch} overrides {args.override}: "
+              f"{ms:.0f} ms/step over {args.time_steps} steps (load average "
+              f"{os.getloadavg()[0]:.2f})")
+        return
     batch = host_batch(*synthetic_batch(args.batch, image, config.num_classes))
     batch = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), batch)
     infer = jax.jit(lambda p, x, m: model.apply({"params": p}, x, m),
@@ -235,6 +252,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="interleaved blocks per side")
     parser.add_argument("--steps", type=int, default=2, help="steps per block")
     parser.add_argument("--flops", action="store_true", help="XLA cost only (no HF, no run)")
+    parser.add_argument("--time-steps", type=int, default=0,
+                        help="with --flops: time our train step alone instead (random weights)")
     parser.add_argument("--override", action="append", default=[], help="detr_jax field=value")
     parser.add_argument("--hf-attn", default="sdpa", choices=("sdpa", "eager"))
     parser.add_argument("--threads", type=int, default=2, help="torch.set_num_threads")

@@ -232,6 +232,7 @@ def deformable_model_fields(params: dict[str, np.ndarray], layout: dict, hints: 
             "enc_points": points("encoder_layers_0/self_attn"),
             "dec_points": points("decoder_layers_0/cross_attn"),
             "box_refine": bool(layout["refine"]), "two_stage": bool(layout["two_stage"]),
+            "remat_sampling": False, "sampling_chunk": 0,  # memory options, not in the weights
         },
         "model.queries": queries,
         "model.heads": {"name": "deformable"},
