@@ -24,7 +24,7 @@ refinement head i serves layer i (and head L the two-stage proposals).
 from __future__ import annotations
 
 import re
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
@@ -114,83 +114,88 @@ def _levels(sd: dict, prefix: str, num: int) -> int:
                for i in range(num))
 
 
+class _Names(NamedTuple):
+    """One checkpoint layout's names: prefixes, and per layer our name -> theirs."""
+
+    what: str  # for error messages
+    body: str  # the transformer's prefix
+    proj: str  # the input projections' prefix
+    backbone: str
+    level_embed: str
+    query_embed: str
+    encoder: dict[str, str]  # self_attn, norm1, linear1, linear2, norm2
+    decoder: dict[str, str]  # self_attn, norm2, cross_attn, norm1, linear1, linear2, norm3
+    self_attn: Any  # _split_attention (q/k/v/o) or _packed_attention (in_proj)
+
+
+_HF = _Names(
+    "Hugging Face DeformableDetrForObjectDetection state_dict", "model.", "model.", HF_BACKBONE,
+    "model.level_embed", "model.query_position_embeddings.weight",
+    {"self_attn": "self_attn", "norm1": "self_attn_layer_norm", "linear1": "mlp.fc1",
+     "linear2": "mlp.fc2", "norm2": "final_layer_norm"},
+    {"self_attn": "self_attn", "norm2": "self_attn_layer_norm", "cross_attn": "encoder_attn",
+     "norm1": "encoder_attn_layer_norm", "linear1": "mlp.fc1", "linear2": "mlp.fc2",
+     "norm3": "final_layer_norm"},
+    _split_attention,
+)
+_ORIGINAL = _Names(
+    "fundamentalvision/Deformable-DETR state_dict", "transformer.", "", FB_BACKBONE,
+    "transformer.level_embed", "query_embed.weight",
+    {k: k for k in ("self_attn", "norm1", "linear1", "linear2", "norm2")},
+    {k: k for k in ("self_attn", "norm2", "cross_attn", "norm1", "linear1", "linear2", "norm3")},
+    _packed_attention,
+)
+
+
+def _to_params(sd: dict[str, np.ndarray], n: _Names) -> tuple[dict, dict]:
+    """A state_dict in layout `n` -> (our flat params, layout); raises ConversionError."""
+    r = KeyReader(sd)
+    lay = _layout(sd, n.body, n.proj)
+    bb_layout = detect_layout(sd, n.backbone)
+    lay["backbone"] = infer_resnet(sd, n.backbone, bb_layout)
+    out = resnet_params(r, n.backbone, bb_layout, lay["backbone"]["depth"])
+    _input_proj(r, f"{n.proj}input_proj.", lay["num_levels"], out)
+    out["level_embed"] = r.get(n.level_embed)
+    if not lay["two_stage"]:
+        out["query_embed"] = r.get(n.query_embed)
+        _linear(r, f"{n.body}reference_points", "transformer/reference_points", out)
+    else:
+        for name in ("enc_output", "pos_trans"):
+            _linear(r, f"{n.body}{name}", f"transformer/{name}", out)
+            _layernorm(r, f"{n.body}{name}_norm", f"transformer/{name}_norm", out)
+    enc, dec = n.encoder, n.decoder
+    for i in range(_count(sd, rf"^{re.escape(n.body)}encoder\.layers\.(\d+)\.")):
+        s, d = f"{n.body}encoder.layers.{i}.", f"transformer/encoder_layers_{i}/"
+        _deform_attention(r, s + enc["self_attn"], d + "self_attn", out)
+        for ours in ("linear1", "linear2"):
+            _linear(r, s + enc[ours], d + "ffn/" + ours, out)
+        for ours in ("norm1", "norm2"):
+            _layernorm(r, s + enc[ours], d + ours, out)
+    for i in range(lay["num_layers"]):
+        s, d = f"{n.body}decoder.layers.{i}.", f"transformer/decoder_layers_{i}/"
+        n.self_attn(r, s + dec["self_attn"], d + "self_attn", out)
+        _deform_attention(r, s + dec["cross_attn"], d + "cross_attn", out)
+        for ours in ("linear1", "linear2"):
+            _linear(r, s + dec[ours], d + "ffn/" + ours, out)
+        for ours in ("norm1", "norm2", "norm3"):
+            _layernorm(r, s + dec[ours], d + ours, out)
+    _heads(r, sd, lay["refine"], lay["two_stage"], lay["num_layers"], f"{n.body}decoder.", out)
+    r.raise_if_bad(n.what, _ignored)
+    lay["backbone_levels"] = _levels(sd, n.proj, lay["num_levels"])
+    return {k: v.astype(np.float32) for k, v in out.items() if v is not None}, lay
+
+
 def hf_deformable_to_params(state_dict: dict[str, np.ndarray]) -> tuple[dict, dict]:
     """HF `DeformableDetrForObjectDetection` state_dict -> (our flat params, layout).
 
     `save_pretrained` files carry the 4.x backbone prefix (`model.backbone.conv_encoder.model.`),
     renamed first as for DETR (`normalise_hf_keys`)."""
-    sd = normalise_hf_keys(state_dict)
-    r = KeyReader(sd)
-    lay = _layout(sd, "model.", "model.")
-    bb_layout = detect_layout(sd, HF_BACKBONE)
-    lay["backbone"] = infer_resnet(sd, HF_BACKBONE, bb_layout)
-    out = resnet_params(r, HF_BACKBONE, bb_layout, lay["backbone"]["depth"])
-    _input_proj(r, "model.input_proj.", lay["num_levels"], out)
-    out["level_embed"] = r.get("model.level_embed")
-    if not lay["two_stage"]:
-        out["query_embed"] = r.get("model.query_position_embeddings.weight")
-        _linear(r, "model.reference_points", "transformer/reference_points", out)
-    else:
-        for name in ("enc_output", "pos_trans"):
-            _linear(r, f"model.{name}", f"transformer/{name}", out)
-            _layernorm(r, f"model.{name}_norm", f"transformer/{name}_norm", out)
-    for i in range(_count(sd, r"^model\.encoder\.layers\.(\d+)\.")):
-        s, d = f"model.encoder.layers.{i}", f"transformer/encoder_layers_{i}"
-        _deform_attention(r, s + ".self_attn", d + "/self_attn", out)
-        _layernorm(r, s + ".self_attn_layer_norm", d + "/norm1", out)
-        _linear(r, s + ".mlp.fc1", d + "/ffn/linear1", out)
-        _linear(r, s + ".mlp.fc2", d + "/ffn/linear2", out)
-        _layernorm(r, s + ".final_layer_norm", d + "/norm2", out)
-    for i in range(lay["num_layers"]):
-        s, d = f"model.decoder.layers.{i}", f"transformer/decoder_layers_{i}"
-        _split_attention(r, s + ".self_attn", d + "/self_attn", out)
-        _layernorm(r, s + ".self_attn_layer_norm", d + "/norm2", out)
-        _deform_attention(r, s + ".encoder_attn", d + "/cross_attn", out)
-        _layernorm(r, s + ".encoder_attn_layer_norm", d + "/norm1", out)
-        _linear(r, s + ".mlp.fc1", d + "/ffn/linear1", out)
-        _linear(r, s + ".mlp.fc2", d + "/ffn/linear2", out)
-        _layernorm(r, s + ".final_layer_norm", d + "/norm3", out)
-    _heads(r, sd, lay["refine"], lay["two_stage"], lay["num_layers"], "model.decoder.", out)
-    r.raise_if_bad("Hugging Face DeformableDetrForObjectDetection state_dict", _ignored)
-    lay["backbone_levels"] = _levels(sd, "model.", lay["num_levels"])
-    return {k: v.astype(np.float32) for k, v in out.items() if v is not None}, lay
+    return _to_params(normalise_hf_keys(state_dict), _HF)
 
 
 def original_deformable_to_params(state_dict: dict[str, np.ndarray]) -> tuple[dict, dict]:
     """fundamentalvision/Deformable-DETR `model` state_dict -> (our flat params, layout)."""
-    sd, r = state_dict, KeyReader(state_dict)
-    lay = _layout(sd, "transformer.", "")
-    lay["backbone"] = infer_resnet(sd, FB_BACKBONE, "torchvision")
-    out = resnet_params(r, FB_BACKBONE, "torchvision", lay["backbone"]["depth"])
-    _input_proj(r, "input_proj.", lay["num_levels"], out)
-    out["level_embed"] = r.get("transformer.level_embed")
-    if not lay["two_stage"]:
-        out["query_embed"] = r.get("query_embed.weight")
-        _linear(r, "transformer.reference_points", "transformer/reference_points", out)
-    else:
-        for name in ("enc_output", "pos_trans"):
-            _linear(r, f"transformer.{name}", f"transformer/{name}", out)
-            _layernorm(r, f"transformer.{name}_norm", f"transformer/{name}_norm", out)
-    for i in range(_count(sd, r"^transformer\.encoder\.layers\.(\d+)\.")):
-        s, d = f"transformer.encoder.layers.{i}", f"transformer/encoder_layers_{i}"
-        _deform_attention(r, s + ".self_attn", d + "/self_attn", out)
-        _layernorm(r, s + ".norm1", d + "/norm1", out)
-        _linear(r, s + ".linear1", d + "/ffn/linear1", out)
-        _linear(r, s + ".linear2", d + "/ffn/linear2", out)
-        _layernorm(r, s + ".norm2", d + "/norm2", out)
-    for i in range(lay["num_layers"]):
-        s, d = f"transformer.decoder.layers.{i}", f"transformer/decoder_layers_{i}"
-        _packed_attention(r, s + ".self_attn", d + "/self_attn", out)
-        _layernorm(r, s + ".norm2", d + "/norm2", out)
-        _deform_attention(r, s + ".cross_attn", d + "/cross_attn", out)
-        _layernorm(r, s + ".norm1", d + "/norm1", out)
-        _linear(r, s + ".linear1", d + "/ffn/linear1", out)
-        _linear(r, s + ".linear2", d + "/ffn/linear2", out)
-        _layernorm(r, s + ".norm3", d + "/norm3", out)
-    _heads(r, sd, lay["refine"], lay["two_stage"], lay["num_layers"], "transformer.decoder.", out)
-    r.raise_if_bad("fundamentalvision/Deformable-DETR state_dict", _ignored)
-    lay["backbone_levels"] = _levels(sd, "", lay["num_levels"])
-    return {k: v.astype(np.float32) for k, v in out.items() if v is not None}, lay
+    return _to_params(state_dict, _ORIGINAL)
 
 
 def deformable_model_fields(params: dict[str, np.ndarray], layout: dict, hints: dict
