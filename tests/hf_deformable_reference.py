@@ -14,6 +14,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
+from hf_reference import randomise_frozen_bn  # noqa: E402
 from transformers import (  # noqa: E402
     DeformableDetrConfig,
     DeformableDetrForObjectDetection,
@@ -55,16 +56,7 @@ def build_hf_deformable(spec: dict, refine: bool, two_stage: bool, seed: int = 0
     model = DeformableDetrForObjectDetection(config).eval()
     g = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():
-        for name, buf in model.named_buffers():
-            if ".normalization." not in name or name.endswith("num_batches_tracked"):
-                continue
-            n = buf.shape[0]
-            if name.endswith("running_var"):
-                buf.copy_(torch.rand(n, generator=g) * 1.5 + 0.5)
-            elif name.endswith("weight"):
-                buf.copy_(torch.rand(n, generator=g) * 0.8 + 0.6)
-            else:
-                buf.copy_(torch.randn(n, generator=g) * 0.2)
+        randomise_frozen_bn(model, g)
         for name, p in model.named_parameters():
             if name.endswith(("sampling_offsets.weight", "attention_weights.weight")):
                 p.copy_(torch.randn(p.shape, generator=g) * 0.05)

@@ -77,21 +77,41 @@ def build_hf_detr(
     model = DetrForObjectDetection(config).eval()
     g = torch.Generator().manual_seed(seed + 1)
     with torch.no_grad():
-        for name, buf in model.named_buffers():
-            if ".normalization." not in name or name.endswith("num_batches_tracked"):
-                continue
-            n = buf.shape[0]
+        randomise_frozen_bn(model, g)
+        # Larger head weights so that logits and boxes spread out (a sharper test).
+        model.class_labels_classifier.weight.mul_(4.0)
+        model.bbox_predictor.layers[2].weight.mul_(8.0)
+        model.bbox_predictor.layers[2].bias.copy_(torch.randn(4, generator=g))
+    return model
+
+
+def randomise_frozen_bn(model, g: torch.Generator) -> None:
+    """Random weight, bias, running mean and variance for every (frozen) BatchNorm of an HF
+    backbone, in place (HF's FrozenBatchNorm is the identity until real weights load)."""
+    for name, buf in model.named_buffers():
+        if ".normalization." not in name or name.endswith("num_batches_tracked"):
+            continue
+        n = buf.shape[0]
+        with torch.no_grad():
             if name.endswith("running_var"):
                 buf.copy_(torch.rand(n, generator=g) * 1.5 + 0.5)
             elif name.endswith("weight"):
                 buf.copy_(torch.rand(n, generator=g) * 0.8 + 0.6)
             else:  # bias, running_mean
                 buf.copy_(torch.randn(n, generator=g) * 0.2)
-        # Larger head weights so that logits and boxes spread out (a sharper test).
-        model.class_labels_classifier.weight.mul_(4.0)
-        model.bbox_predictor.layers[2].weight.mul_(8.0)
-        model.bbox_predictor.layers[2].bias.copy_(torch.randn(4, generator=g))
-    return model
+
+
+def random_targets(batch: int, num_labels: int, seed: int = 0):
+    """Padded ground truth: 1-5 well-spread boxes per image. Returns labels int32 [B, 5], boxes
+    float32 [B, 5, 4] normalised cxcywh, valid bool [B, 5]."""
+    rng = np.random.default_rng(seed)
+    g = 5
+    labels = rng.integers(0, num_labels, (batch, g)).astype(np.int32)
+    centre = rng.uniform(0.2, 0.8, (batch, g, 2))
+    size = rng.uniform(0.05, 0.4, (batch, g, 2))
+    boxes = np.concatenate([centre, size], -1).astype(np.float32)
+    valid = np.arange(g)[None, :] < rng.integers(1, g + 1, (batch, 1))
+    return labels, boxes, valid
 
 
 def state_dict_numpy(model) -> dict[str, np.ndarray]:

@@ -12,7 +12,7 @@ pytest.importorskip("torch")
 pytest.importorskip("transformers")
 
 import hf_deformable_reference as ref  # noqa: E402
-from hf_reference import random_batch  # noqa: E402
+from hf_reference import random_batch, random_targets  # noqa: E402
 
 from detr_jax.config_deformable import deformable_loss  # noqa: E402
 from detr_jax.convert import convert_state_dict  # noqa: E402
@@ -79,7 +79,7 @@ def test_deformable_matches_hf_every_layer(variant):
     # The loss: HF's Deformable DETR criterion (focal class, L1, GIoU over all layers) on HF's
     # outputs against ours on ours; two-stage also the proposals' terms (`_enc`, HF's
     # criterion on the proposals with class-agnostic targets).
-    labels, gt_boxes, valid = _targets(len(images), spec["num_labels"])
+    labels, gt_boxes, valid = random_targets(len(images), spec["num_labels"])
     enc = (theirs["enc_logits"], theirs["enc_boxes"]) if two_stage else None
     hf_terms = ref.hf_deformable_loss(hf_model, theirs["logits"], theirs["boxes"], labels,
                                       gt_boxes, valid, enc)
@@ -92,15 +92,3 @@ def test_deformable_matches_hf_every_layer(variant):
     diffs = {k: abs(float(ours[k]) - hf_terms[k]) for k in keys}
     print(f"{variant}: loss terms max diff {max(diffs.values()):.2e} over {sorted(keys)}")
     assert max(diffs.values()) <= TOL, diffs
-
-
-def _targets(batch: int, num_labels: int, seed: int = 0):
-    """Padded ground truth: 1-5 well-spread boxes per image (normalised cxcywh)."""
-    rng = np.random.default_rng(seed)
-    g = 5
-    labels = rng.integers(0, num_labels, (batch, g)).astype(np.int32)
-    centre = rng.uniform(0.2, 0.8, (batch, g, 2))
-    size = rng.uniform(0.05, 0.4, (batch, g, 2))
-    boxes = np.concatenate([centre, size], -1).astype(np.float32)
-    valid = np.arange(g)[None, :] < rng.integers(1, g + 1, (batch, 1))
-    return labels, boxes, valid

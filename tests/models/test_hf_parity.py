@@ -32,17 +32,6 @@ def _ours(spec, hf_model, **model_overrides):
     return config, jax.jit(lambda im, m: model.apply(variables, im, m))
 
 
-def _targets(batch: int, num_labels: int, seed: int = 0):
-    rng = np.random.default_rng(seed)
-    g = 5
-    labels = rng.integers(0, num_labels, (batch, g)).astype(np.int32)
-    centre = rng.uniform(0.2, 0.8, (batch, g, 2))
-    size = rng.uniform(0.05, 0.4, (batch, g, 2))
-    boxes = np.concatenate([centre, size], -1).astype(np.float32)
-    valid = np.arange(g)[None, :] < rng.integers(1, g + 1, (batch, 1))
-    return labels, boxes, valid
-
-
 def _check(spec, canvas, sizes, position_embedding="sine", dilation=False):
     hf_model = ref.build_hf_detr(spec, position_embedding=position_embedding)
     if dilation:
@@ -57,7 +46,7 @@ def _check(spec, canvas, sizes, position_embedding="sine", dilation=False):
     assert out["pred_logits"].shape[0] == spec["decoder_layers"]
     assert d_logits.max() <= TOL and d_boxes.max() <= TOL
 
-    labels, gt_boxes, valid = _targets(len(sizes), spec["num_labels"])
+    labels, gt_boxes, valid = ref.random_targets(len(sizes), spec["num_labels"])
     hf_total, hf_terms = ref.hf_loss(hf_model, hf_logits, hf_boxes, labels, gt_boxes, valid)
     batch = {"labels": labels, "boxes": gt_boxes, "box_valid": valid}
     assert config.matcher.name == "hungarian_scipy"
