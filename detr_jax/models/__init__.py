@@ -53,6 +53,7 @@ def model_problems(config: Any) -> list[str]:
     if m.dtype not in DTYPES:
         lines.append(f"model.dtype={m.dtype!r}; choose one of {tuple(DTYPES)}")
     shared = _shared(config, return_levels=())
+    transformer = None
     for part, registry in PARTS.items():
         sub = m[part]
         if not hasattr(sub, "keys"):
@@ -61,14 +62,13 @@ def model_problems(config: Any) -> list[str]:
             continue
         part_shared = shared
         if part == "heads" and not lines:
-            part_shared = dict(shared, **_head_layout(TRANSFORMERS.build(
-                m.transformer, "model.transformer", **shared)))
+            transformer = TRANSFORMERS.build(m.transformer, "model.transformer", **shared)
+            part_shared = dict(shared, **_head_layout(transformer))
         lines += registry.problems(sub, f"model.{part}", part_shared)
-    if not lines:  # parts that only work together (a deformable decoder needs a multi-scale neck)
-        built = {part: registry.build(m[part], f"model.{part}", **shared)
-                 for part, registry in PARTS.items() if part in ("neck", "transformer", "queries")}
-        check = getattr(built["transformer"], "part_problems", None)
-        lines += check(built["neck"], built["queries"]) if check else []
+    check = getattr(transformer, "part_problems", None)
+    if not lines and check:  # parts that only work together (deformable: a multi-scale neck)
+        lines += check(NECKS.build(m.neck, "model.neck", **shared),
+                       QUERY_GENERATORS.build(m.queries, "model.queries", **shared))
     return lines
 
 
