@@ -11,27 +11,26 @@ python -m detr_jax.convert --source=deformable r50_deformable_detr-checkpoint.pt
 then --config.init_from=runs/ddetr_pt.
 """
 
-from detr_jax.config_base import base_config
-from detr_jax.config_deformable import deformable_detr
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+from coco import get_config as detr_coco_config  # noqa: E402
+
+from detr_jax.config_deformable import deformable_detr  # noqa: E402
 
 STEPS_PER_EPOCH = 118_287 // 32
 
 
 def get_config(arg: str = "plain"):
-    c = base_config()
-    c.dataset = "coco"
-    c.num_classes = 91  # the original COCO category ids
+    # DETR's COCO setup (data, buckets, R50 with stem + layer1 frozen, clip, weight decay), then
+    # Deformable DETR's parts, loss and lr groups, at batch 32 for 50 epochs.
+    c = detr_coco_config()
     c.batch_size = 32
     c.total_steps = 50 * STEPS_PER_EPOCH
     c.eval_every = 5 * STEPS_PER_EPOCH
     c.checkpoint_every = STEPS_PER_EPOCH
-    c.log_every = 100
-    c.max_boxes = 64
-    c.image_buckets = [(800, 800), (800, 1088), (1088, 800), (1344, 1344)]
-    c.model.backbone.name = "resnet50"
-    c.model.backbone.norm = "frozen_bn"
-    c.model.backbone.frozen_stages = 2  # stem + layer1, as the original
-    c.model.hidden_dim = 256
     deformable_detr(c, arg or "plain")
     c.optim.schedule = "step"
     c.optim.lr_drop_step = 40 * STEPS_PER_EPOCH
