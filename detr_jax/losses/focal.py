@@ -21,6 +21,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from detr_jax.losses.labels import class_error
 from detr_jax.losses.targets import Targets
 
 
@@ -80,10 +81,4 @@ def focal_labels_term(
     per_query = jnp.sum(elements, axis=-1) * t.query_weight[None]  # [L, B, Q]
     loss_ce = jnp.sum(per_query, axis=(1, 2)) / t.num_boxes
 
-    pred = jnp.argmax(jax.lax.stop_gradient(logits[-1]), axis=-1)  # [B, Q]
-    matched = t.matched[-1]
-    n_matched = jnp.sum(matched)
-    correct = jnp.sum((pred == t.target_classes[-1]) & matched)
-    accuracy = 100.0 * correct / jnp.maximum(n_matched, 1)
-    class_error = jnp.where(n_matched > 0, 100.0 - accuracy, 0.0)
-    return {"loss_ce": loss_ce, "class_error": class_error}
+    return {"loss_ce": loss_ce, "class_error": class_error(logits, t)}

@@ -52,14 +52,19 @@ def labels_term(
     class_weight = jnp.ones((num_classes + 1,), jnp.float32).at[num_classes].set(eos_coef)
     loss_ce = _weighted_ce(logits, t.target_classes, t.query_weight, class_weight,
                            label_smoothing)
-    final = jax.lax.stop_gradient(logits[-1])
-    pred = jnp.argmax(final, axis=-1)  # [B, Q], over all C+1 logits as in DETR
+    # argmax over all C + 1 logits, as DETR
+    return {"loss_ce": loss_ce, "class_error": class_error(logits, t)}
+
+
+def class_error(logits: jax.Array, t: Targets) -> jax.Array:
+    """Percent of the final layer's matched queries whose argmax over `logits[-1]` [B, Q, K]
+    is not their target class (0 when none is matched); logged, no gradient."""
+    pred = jnp.argmax(jax.lax.stop_gradient(logits[-1]), axis=-1)  # [B, Q]
     matched = t.matched[-1]
     n_matched = jnp.sum(matched)
     correct = jnp.sum((pred == t.target_classes[-1]) & matched)
     accuracy = 100.0 * correct / jnp.maximum(n_matched, 1)
-    class_error = jnp.where(n_matched > 0, 100.0 - accuracy, 0.0)
-    return {"loss_ce": loss_ce, "class_error": class_error}
+    return jnp.where(n_matched > 0, 100.0 - accuracy, 0.0)
 
 
 def cardinality_term(outputs: dict, batch: dict, t: Targets) -> dict[str, jax.Array]:
