@@ -58,6 +58,30 @@ def sine_position_embedding(
     return jnp.concatenate([interleave(pos_y), interleave(pos_x)], axis=-1)
 
 
+def box_sine_embedding(
+    boxes: jax.Array, num_feats: int = 128, temperature: float = 10000.0
+) -> jax.Array:
+    """Sine embedding of anchor points or boxes, as DAB-DETR / DINO's
+    `gen_sineembed_for_position` (HF DabDetr's `gen_sine_position_embeddings`).
+
+    Args:
+      boxes: float [..., 2] (cx, cy) or [..., 4] (cx, cy, w, h), normalised to (0, 1).
+      num_feats: channels per coordinate (hidden_dim / 2).
+
+    Returns:
+      float32 [..., 2 * num_feats] or [..., 4 * num_feats]: each coordinate times 2*pi over
+      temperature ** (2 * (i // 2) / num_feats), sin on even and cos on odd channels
+      (interleaved), coordinates in the order (y, x[, w, h]).
+    """
+    dim_t = jnp.arange(num_feats, dtype=jnp.float32)
+    dim_t = temperature ** (2 * (dim_t // 2) / num_feats)
+    pos = boxes.astype(jnp.float32)[..., None] * (2 * jnp.pi) / dim_t  # [..., k, F]
+    emb = jnp.stack([jnp.sin(pos[..., 0::2]), jnp.cos(pos[..., 1::2])], axis=-1)
+    emb = emb.reshape(*pos.shape[:-1], num_feats)
+    order = [1, 0] + list(range(2, boxes.shape[-1]))
+    return jnp.concatenate([emb[..., i, :] for i in order], axis=-1)
+
+
 class LearnedPositionEmbedding(nn.Module):
     """DETR's PositionEmbeddingLearned: row and column tables of `max_size` entries each."""
 
