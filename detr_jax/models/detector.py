@@ -57,7 +57,8 @@ class SetDetector(nn.Module):
           = no object) or [L, B, Q, C] (sigmoid heads: Deformable DETR),
           `pred_boxes` float32 [L, B, Q, 4] normalised cxcywh (one slice per decoder layer),
           the heads' extras (`dense_logits`, ...), and `num_query_groups` (a Python int: the
-          query generator's groups, matched separately by the loss).
+          query generator's groups, matched separately by the loss); with denoising queries
+          (training) `dn_outputs` and `dn_meta` (see `split_denoising`).
         """
         feats = dict(self.backbone(images, pixel_mask, train=train))
         feats["input"] = Feature(images, pixel_mask, 1)  # for necks that resize the pixel mask
@@ -68,6 +69,8 @@ class SetDetector(nn.Module):
         decoded = self.transformer(memory_in, queries, train=train, heads=self.heads)
         outputs = dict(self.heads(decoded, memory_in, train=train))
         outputs["num_query_groups"] = queries["num_groups"]
+        if queries.get("dn_meta") is not None:
+            outputs.update(split_denoising(outputs, queries["dn_meta"]))
         return outputs
 
     def param_rules(self) -> list[tuple[str, Any]]:
@@ -81,3 +84,14 @@ class SetDetector(nn.Module):
                 body = pattern[1:] if pattern.startswith("^") else f"(.*/)?{pattern}"
                 rules.append((f"^{prefix}{body}", value))
         return rules
+
+
+def split_denoising(outputs: dict[str, Any], dn_meta: dict[str, Any]) -> dict[str, Any]:
+    """Splits the first `dn_meta["num_dn"]` queries (the denoising ones) off the predictions.
+
+    Returns {`pred_logits` / `pred_boxes` [L, B, Q, ..] of the matching queries, `dn_outputs`
+    = {`pred_logits`, `pred_boxes`} [L, B, Q_dn, ..], `dn_meta`} (losses/denoising.py)."""
+    n = int(dn_meta["num_dn"])
+    keys = ("pred_logits", "pred_boxes")
+    return {**{k: outputs[k][:, :, n:] for k in keys},
+            "dn_outputs": {k: outputs[k][:, :, :n] for k in keys}, "dn_meta": dict(dn_meta)}

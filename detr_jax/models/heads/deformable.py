@@ -9,7 +9,8 @@ head's last layer zero with bias (0, 0, -2, -2) (on the first head only with ref
 every head two-stage).
 
 Params (in the detector's scope, the original's names): `class_embed_{i}/{kernel,bias}`,
-`bbox_embed_{i}/layers_{0,1,2}/{kernel,bias}`, i = 0..k-1 (k = 1 shared, else L (+1)).
+`bbox_embed_{i}/layers_{0,1,2}/{kernel,bias}`, i = 0..k-1 (k = 1 shared, else L (+1); DINO's
+`share_layers`: 1 for the decoder + 1 for the proposals).
 """
 
 from __future__ import annotations
@@ -49,6 +50,8 @@ class DeformableHeads(nn.Module):
       num_layers, box_refine, two_stage: set by the builder from the transformer
         (`head_layout()`), so the heads match the decoder.
       prior_prob: the class bias's prior probability (focal loss init).
+      share_layers: with `box_refine`, one class and box head for all decoder layers (and one
+        more pair for the proposals), as DINO (set by the builder from its transformer).
     """
 
     class_activation: ClassVar[str] = "sigmoid"
@@ -59,9 +62,11 @@ class DeformableHeads(nn.Module):
     box_refine: bool = False
     two_stage: bool = False
     prior_prob: float = 0.01
+    share_layers: bool = False
 
     def setup(self) -> None:
-        count = (self.num_layers + int(self.two_stage)) if self.box_refine else 1
+        per_layer = 1 if self.share_layers else self.num_layers
+        count = per_layer + int(self.two_stage) if self.box_refine else 1
         bias = -math.log((1 - self.prior_prob) / self.prior_prob)
         d = self.hidden_dim
         self.class_embed = [
@@ -75,7 +80,12 @@ class DeformableHeads(nn.Module):
         self.bbox_embed = [BoxMLP(d, size_bias[i], name=f"bbox_embed_{i}") for i in range(count)]
 
     def _head(self, layer: int) -> int:
-        return layer if self.box_refine else 0
+        """The head index of decoder layer `layer` (`num_layers`: the encoder proposals')."""
+        if not self.box_refine:
+            return 0
+        if self.share_layers:
+            return int(layer >= self.num_layers)
+        return layer
 
     def box_delta(self, layer: int, hs: jax.Array) -> jax.Array:
         """Layer `layer`'s box head on hs [B, Q, D] -> [B, Q, 4] (before the references)."""

@@ -25,12 +25,14 @@ import numpy as np
 from detr_jax.ops.box_ops import box_cxcywh_to_xyxy, box_xyxy_to_cxcywh, inverse_sigmoid
 
 
-def num_denoising_groups(dn_number: int, max_objects: int) -> int:
+def num_denoising_groups(dn_number: int, max_objects: int, contrastive: bool = True) -> int:
     """K = max(dn_number // (2 * max_objects), 1): `dn_number` counts queries (positives and
-    negatives), so K groups of 2 * max_objects fit in it (at least one group)."""
+    negatives), so K groups of 2 * max_objects fit in it (at least one group). Without
+    negatives (DN-DETR) a group holds max_objects queries: K = dn_number // max_objects."""
     if dn_number < 0:
         raise ValueError(f"dn_number must be >= 0, got {dn_number}")
-    return max(dn_number // (2 * max(max_objects, 1)), 1)
+    per_group = (2 if contrastive else 1) * max(max_objects, 1)
+    return max(dn_number // per_group, 1)
 
 
 def noise_boxes(
@@ -70,6 +72,7 @@ def contrastive_denoising(
     label_noise_ratio: float = 0.5,
     box_noise_scale: float = 1.0,
     max_objects: int | None = None,
+    contrastive: bool = True,
 ) -> dict[str, Any]:
     """Builds K contrastive denoising groups from the (padded) ground truth.
 
@@ -85,9 +88,11 @@ def contrastive_denoising(
       box_noise_scale: scale of the box noise (0: unnoised copies), see `noise_boxes`.
       max_objects: the object count K is sized for (static; default G). Only K depends on it:
         each group always has 2 * G slots.
+      contrastive: False gives DN-DETR's groups of positives only (G slots per group, box
+        noise r ~ U[0, 1)).
 
     Returns:
-      dict with, for Q_dn = 2 * G * K:
+      dict with, for Q_dn = 2 * G * K (G * K without `contrastive`):
       - `labels` int32 [B, Q_dn]: noised labels (negatives keep theirs; the loss reads
         `positive`), C on padding;
       - `boxes` float32 [B, Q_dn, 4]: noised boxes, normalised cxcywh in [0, 1] (corners clipped
@@ -101,10 +106,11 @@ def contrastive_denoising(
     bsz, num_slots = labels.shape
     if max_objects is None:
         max_objects = num_slots
-    num_groups = num_denoising_groups(dn_number, max_objects)
-    num_dn = 2 * num_slots * num_groups
+    num_groups = num_denoising_groups(dn_number, max_objects, contrastive)
+    per_group = (2 if contrastive else 1) * num_slots
+    num_dn = per_group * num_groups
     # Static layout: query j is slot j % G of group j // 2G, negative in the second half.
-    within = np.arange(num_dn) % max(2 * num_slots, 1)
+    within = np.arange(num_dn) % max(per_group, 1)
     slot = within % max(num_slots, 1)
     negative = jnp.asarray(within >= num_slots)
 
@@ -136,7 +142,8 @@ def contrastive_denoising(
 
 
 def denoising_attn_mask(
-    num_dn: int, num_groups: int, num_queries: int, dn_valid: jax.Array | None = None
+    num_dn: int, num_groups: int, num_queries: int, dn_valid: jax.Array | None = None,
+    match_groups: int = 1,
 ) -> jax.Array:
     """Decoder self-attention mask for [Q_dn denoising queries, Q matching queries].
 
@@ -154,6 +161,8 @@ def denoising_attn_mask(
       num_groups: K (static).
       num_queries: Q matching queries (static).
       dn_valid: optional bool [B, Q_dn] (`contrastive_denoising(...)["valid"]`).
+      match_groups: Group DETR groups among the matching queries (static, divides Q): a
+        matching query sees only its own group of Q / match_groups.
 
     Returns:
       bool [1, Q_dn + Q, Q_dn + Q], or [B, Q_dn + Q, Q_dn + Q] with `dn_valid`.
@@ -163,9 +172,14 @@ def denoising_attn_mask(
     total = num_dn + num_queries
     idx = np.arange(total)
     is_dn = idx < num_dn
+    if match_groups < 1 or num_queries % match_groups:
+        raise ValueError(f"num_queries={num_queries} is not a multiple of "
+                         f"match_groups={match_groups}")
     group = np.where(is_dn, idx // max(num_dn // num_groups, 1), -1)
     same_group = is_dn[:, None] & (group[:, None] == group[None, :])
-    mask = jnp.asarray(same_group | ~is_dn[None, :])[None]
+    match_group = np.where(is_dn, -1, (idx - num_dn) // max(num_queries // match_groups, 1))
+    same_match = ~is_dn[:, None] & (match_group[:, None] == match_group[None, :])
+    mask = jnp.asarray(same_group | (is_dn[:, None] & ~is_dn[None, :]) | same_match)[None]
     if dn_valid is not None:
         bsz = dn_valid.shape[0]
         key_ok = jnp.concatenate(

@@ -6,10 +6,13 @@ from __future__ import annotations
 from detr_jax.models.registry import Registry
 from detr_jax.models.transformers.deformable import DeformableTransformer
 from detr_jax.models.transformers.detr import DetrTransformer
+from detr_jax.models.transformers.dino import DinoTransformer
 from detr_jax.models.transformers.layers import ATTENTION_CHOICES
 
 TRANSFORMERS = Registry("transformer")
 TRANSFORMERS.register("detr", DetrTransformer)
 TRANSFORMERS.register("deformable", DeformableTransformer)
+TRANSFORMERS.register("dino", DinoTransformer)
 
-__all__ = ["ATTENTION_CHOICES", "TRANSFORMERS", "DeformableTransformer", "DetrTransformer"]
+__all__ = ["ATTENTION_CHOICES", "TRANSFORMERS", "DeformableTransformer", "DetrTransformer",
+           "DinoTransformer"]

@@ -124,6 +124,8 @@ class DeformableTransformer(nn.Module):
     sampling_chunk: int = 0
     dtype: Any = None
 
+    _registry_name = "deformable"
+
     def part_problems(self, neck: nn.Module, queries: nn.Module) -> list[str]:
         """One line per part this transformer cannot work with (checked at start-up)."""
         lines = []
@@ -166,22 +168,10 @@ class DeformableTransformer(nn.Module):
         """
         if (self.box_refine or self.two_stage) and heads is None:
             raise ValueError("model.transformer.box_refine / two_stage need the detector's heads")
-        src, mask, pos = memory_in["tokens"], memory_in["mask"], memory_in["pos"]
-        shapes: Sequence[tuple[int, int]] = memory_in["spatial_shapes"]
-        ratios = memory_in.get("valid_ratios")
-        if ratios is None or "level_start" not in memory_in:
-            raise ValueError("model.transformer.name='deformable' needs a multi-scale neck "
-                             "(model.neck.name='multi_scale')")
+        memory, kw = self._encode(memory_in, train)
+        mask, shapes, ratios = memory_in["mask"], memory_in["spatial_shapes"], \
+            memory_in["valid_ratios"]
         det = not train
-        kw = dict(hidden_dim=self.hidden_dim, num_heads=self.nheads, num_levels=len(shapes),
-                  dim_feedforward=self.dim_feedforward, dropout=self.dropout, dtype=self.dtype,
-                  remat_sampling=self.remat_sampling, sampling_chunk=self.sampling_chunk)
-        enc_refs = encoder_reference_points(shapes, ratios)
-        x = src
-        for i in range(self.enc_layers):
-            x = DeformableEncoderLayer(num_points=self.enc_points, name=f"encoder_layers_{i}",
-                                       **kw)(x, pos, enc_refs, mask, shapes, det)
-        memory = x
         out: dict[str, Any] = {"memory": memory}
         if self.two_stage:
             query_pos, tgt, reference = self._proposals(memory, mask, shapes, queries, heads, out)
@@ -206,27 +196,60 @@ class DeformableTransformer(nn.Module):
         out.update(hs=jnp.stack(hs), references=tuple(refs))
         return out
 
+    def _encode(self, memory_in: dict[str, Any], train: bool) -> tuple[jax.Array, dict]:
+        """The deformable encoder over the neck's tokens -> (memory [B, N, D], the layers'
+        keyword arguments, for the decoder layers)."""
+        src, mask, pos = memory_in["tokens"], memory_in["mask"], memory_in["pos"]
+        shapes: Sequence[tuple[int, int]] = memory_in["spatial_shapes"]
+        ratios = memory_in.get("valid_ratios")
+        if ratios is None or "level_start" not in memory_in:
+            raise ValueError(f"model.transformer.name={self._registry_name!r} needs a "
+                             "multi-scale neck (model.neck.name='multi_scale')")
+        kw = dict(hidden_dim=self.hidden_dim, num_heads=self.nheads, num_levels=len(shapes),
+                  dim_feedforward=self.dim_feedforward, dropout=self.dropout, dtype=self.dtype,
+                  remat_sampling=self.remat_sampling, sampling_chunk=self.sampling_chunk)
+        enc_refs = encoder_reference_points(shapes, ratios)
+        x = src
+        for i in range(self.enc_layers):
+            x = DeformableEncoderLayer(num_points=self.enc_points, name=f"encoder_layers_{i}",
+                                       **kw)(x, pos, enc_refs, mask, shapes, not train)
+        return x, kw
+
     def _proposals(self, memory, mask, shapes, queries, heads, out):
         """Two-stage: scores every token's proposal, keeps the top `num_queries` by the first
         class logit -> (query_pos, tgt [B, Q, D], reference boxes [B, Q, 4]); adds
         `enc_outputs` to `out`."""
         d = self.hidden_dim
-        num_queries = queries.get("num_queries")
-        if num_queries is None:
-            raise ValueError("model.transformer.two_stage needs model.queries.name="
-                             "'encoder_proposals' (the decoder's queries come from the encoder)")
+        coords, enc_logits = self._score_proposals(memory, mask, shapes, queries, heads, out)
+        top_coords = select_proposals(coords, enc_logits[..., 0], queries["num_queries"])
+        embed = proposal_position_embedding(top_coords, d)
+        embed = nn.Dense(2 * d, kernel_init=_xavier, dtype=self.dtype, name="pos_trans")(embed)
+        embed = nn.LayerNorm(epsilon=1e-5, dtype=self.dtype, name="pos_trans_norm")(embed)
+        return embed[..., :d], embed[..., d:], jax.nn.sigmoid(top_coords)
+
+    def _score_proposals(self, memory, mask, shapes, queries, heads, out):
+        """Every token's proposal: (boxes [B, N, 4] inverse-sigmoid cxcywh, class logits
+        [B, N, C]) from `enc_output`, its norm and the heads' `encoder_head`; adds
+        `enc_outputs` (sigmoid boxes) to `out`."""
+        if queries.get("num_queries") is None:
+            raise ValueError(f"model.transformer.name={self._registry_name!r} with encoder "
+                             "proposals needs a query generator that says `num_queries` "
+                             "(model.queries.name='encoder_proposals')")
         proposals, valid = encoder_proposals(mask, shapes)
         feat = jnp.where(valid[..., None], memory, jnp.zeros((), memory.dtype))
-        feat = nn.Dense(d, kernel_init=_xavier, dtype=self.dtype, name="enc_output")(feat)
+        feat = nn.Dense(self.hidden_dim, kernel_init=_xavier, dtype=self.dtype,
+                        name="enc_output")(feat)
         feat = nn.LayerNorm(epsilon=1e-5, dtype=self.dtype, name="enc_output_norm")(feat)
         enc_logits, delta = heads.encoder_head(feat)
         coords = delta.astype(jnp.float32) + proposals  # inverse-sigmoid cxcywh
         out["enc_outputs"] = {"pred_logits": enc_logits.astype(jnp.float32),
                               "pred_boxes": jax.nn.sigmoid(coords)}
-        k = min(int(num_queries), coords.shape[1])
-        _, top = jax.lax.top_k(enc_logits[..., 0].astype(jnp.float32), k)  # [B, Q]
-        top_coords = jax.lax.stop_gradient(jnp.take_along_axis(coords, top[..., None], axis=1))
-        embed = proposal_position_embedding(top_coords, d)
-        embed = nn.Dense(2 * d, kernel_init=_xavier, dtype=self.dtype, name="pos_trans")(embed)
-        embed = nn.LayerNorm(epsilon=1e-5, dtype=self.dtype, name="pos_trans_norm")(embed)
-        return embed[..., :d], embed[..., d:], jax.nn.sigmoid(top_coords)
+        return coords, enc_logits
+
+
+def select_proposals(coords: jax.Array, scores: jax.Array, num_queries: int) -> jax.Array:
+    """The top `num_queries` proposals by score: coords [B, N, 4] (inverse-sigmoid cxcywh),
+    scores [B, N] -> [B, K, 4] with gradients stopped (K = min(num_queries, N))."""
+    k = min(int(num_queries), coords.shape[1])
+    _, top = jax.lax.top_k(scores.astype(jnp.float32), k)  # [B, K]
+    return jax.lax.stop_gradient(jnp.take_along_axis(coords, top[..., None], axis=1))
