@@ -22,9 +22,14 @@ from detr_jax.config_deformable import deformable_detr  # noqa: E402
 
 def get_config(arg: str = "two_stage"):
     c = shapes_config()
-    m = c.model
-    m.backbone.dilation = False  # C3-C5 at strides 8 / 16 / 32
+    c.model.backbone.dilation = False  # C3-C5 at strides 8 / 16 / 32
     deformable_detr(c, arg or "two_stage")
+    return shapes_recipe(c)
+
+
+def shapes_recipe(c):
+    """The shapes sizes and schedule of any deformable-style model (also configs/shapes_dino.py)."""
+    m = c.model
     m.transformer.enc_layers = 2
     m.transformer.dec_layers = 3
     m.transformer.dim_feedforward = 512

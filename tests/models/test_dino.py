@@ -9,24 +9,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from conftest import tiny_config
+from tiny_dino_config import tiny_dino
 
-from detr_jax.config_dino import dino_detr
 from detr_jax.losses import build_criterion
 from detr_jax.models import build_model, model_problems
-
-
-def tiny_dino(variant="dino_groups", groups=2, **transformer):
-    c = tiny_config()
-    c.model.backbone.dilation = False
-    dino_detr(c, variant, groups=groups)
-    c.model.neck.num_groups = 8
-    t = c.model.transformer
-    t.nheads, t.enc_layers, t.dec_layers, t.dim_feedforward = 4, 1, 2, 32
-    t.update(transformer)
-    c.model.queries.num_queries = 6
-    c.model.queries.dn_number = 12
-    return c
 
 
 def inputs(num_objects=(2, 0), seed=0):
