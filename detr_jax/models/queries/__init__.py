@@ -6,6 +6,7 @@ know about them (docs/interfaces.md). Denoising and anchor queries register here
 
 from __future__ import annotations
 
+from detr_jax.models.queries.anchors import AnchorQueries
 from detr_jax.models.queries.learned import LearnedQueries
 from detr_jax.models.queries.proposals import EncoderProposalQueries
 from detr_jax.models.registry import Registry
@@ -13,5 +14,6 @@ from detr_jax.models.registry import Registry
 QUERY_GENERATORS = Registry("query generator")
 QUERY_GENERATORS.register("learned", LearnedQueries)
 QUERY_GENERATORS.register("encoder_proposals", EncoderProposalQueries)
+QUERY_GENERATORS.register("anchors", AnchorQueries)
 
-__all__ = ["QUERY_GENERATORS", "EncoderProposalQueries", "LearnedQueries"]
+__all__ = ["QUERY_GENERATORS", "AnchorQueries", "EncoderProposalQueries", "LearnedQueries"]
