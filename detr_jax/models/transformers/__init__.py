@@ -1,9 +1,10 @@
 """Transformers by name: `TRANSFORMERS[config.model.transformer.name]`: neck tokens and a query
-set -> decoder outputs per layer. The deformable encoder-decoder registers here too."""
+set -> decoder outputs per layer. The deformable and DAB-DETR encoder-decoders register here too."""
 
 from __future__ import annotations
 
 from detr_jax.models.registry import Registry
+from detr_jax.models.transformers.dab import DabTransformer
 from detr_jax.models.transformers.deformable import DeformableTransformer
 from detr_jax.models.transformers.detr import DetrTransformer
 from detr_jax.models.transformers.layers import ATTENTION_CHOICES
@@ -11,5 +12,7 @@ from detr_jax.models.transformers.layers import ATTENTION_CHOICES
 TRANSFORMERS = Registry("transformer")
 TRANSFORMERS.register("detr", DetrTransformer)
 TRANSFORMERS.register("deformable", DeformableTransformer)
+TRANSFORMERS.register("dab", DabTransformer)
 
-__all__ = ["ATTENTION_CHOICES", "TRANSFORMERS", "DeformableTransformer", "DetrTransformer"]
+__all__ = ["ATTENTION_CHOICES", "TRANSFORMERS", "DabTransformer", "DeformableTransformer",
+           "DetrTransformer"]
