@@ -80,53 +80,68 @@ def test_random_xy_init_and_frozen_centres():
 # ---- parity with Hugging Face ------------------------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def hf():
+# HF config variants: DAB-DETR's defaults, and the options off the default path (pattern
+# embeddings as content, the positional query in every cross-attention, the encoder's final
+# norm of `normalize_before`).
+VARIANTS = {"default": {},
+            "options": {"num_patterns": 2, "keep_query_pos": True, "normalize_before": True}}
+_BUILT: dict[str, tuple] = {}
+
+
+def converted(variant: str):
+    """(reference module, HF model, our config, jitted apply returning the outputs and the
+    transformer's own outputs) for an HF variant, built once per test session."""
+    if variant in _BUILT:
+        return _BUILT[variant]
     pytest.importorskip("torch")
     pytest.importorskip("transformers")
     import hf_dab_reference as ref
 
     from detr_jax.convert import convert_state_dict
-    from detr_jax.convert.checkpoint import config_for
+    from detr_jax.convert.checkpoint import check_against_model, config_for
     from detr_jax.models import build_model
+    from detr_jax.models.transformers import DabTransformer
 
     spec = ref.SMALL
-    hf_model = ref.build_hf_dab(spec)
+    hf_model = ref.build_hf_dab(spec, **VARIANTS[variant])
     hints = {"model_type": "dab-detr", "nheads": spec["heads"], "temperature_height": 20,
              "temperature_width": 20}
     params, fields = convert_state_dict(ref.state_dict_numpy(hf_model), "hf", hints)
     config = config_for({**fields, "model.backbone.mask_features": False})
+    check_against_model(params, config, backbone_only=False)  # exactly the model's params
     model = build_model(config)
     variables = {"params": flax.traverse_util.unflatten_dict(params, sep="/")}
 
     def run(im, m):
-        from detr_jax.models.transformers import DabTransformer
-
         out, state = model.apply(variables, im, m, mutable=["intermediates"],
                                  capture_intermediates=lambda mdl, _: isinstance(
                                      mdl, DabTransformer))
         return out, state["intermediates"]["transformer"]["__call__"][0]
 
-    return ref, spec, hf_model, config, jax.jit(run)
+    _BUILT[variant] = (ref, hf_model, config, jax.jit(run))
+    return _BUILT[variant]
 
 
 # (canvas, real sizes): the second image of each batch is padded at the bottom / right.
 BATCHES = {"landscape": ((128, 160), [(128, 160), (100, 115)]),
            "portrait": ((192, 128), [(192, 128), (150, 70)])}
+CASES = [("default", "landscape"), ("default", "portrait"), ("options", "landscape")]
 
 
-@pytest.mark.parametrize("batch", list(BATCHES))
-def test_dab_matches_hf_every_layer(hf, batch):
+@pytest.mark.parametrize("variant,batch", CASES)
+def test_dab_matches_hf_every_layer(variant, batch):
     from hf_reference import random_batch
 
-    ref, spec, hf_model, config, run = hf
+    ref, hf_model, config, run = converted(variant)
     canvas, sizes = BATCHES[batch]
     images, mask = random_batch(sizes, canvas, seed=len(batch))
     theirs = ref.hf_forward(hf_model, images, mask)
     out, decoded = run(images, mask)
-    t = config.model.transformer
+    t, q = config.model.transformer, config.model.queries
     assert (t.name, t.enc_layers, t.dec_layers, t.activation) == ("dab", 2, 2, "prelu")
-    assert config.model.neck.temperature == 20 and config.model.queries.num_queries == 8
+    assert config.model.neck.temperature == 20 and q.num_queries == 8
+    options = variant == "options"
+    assert (t.keep_query_pos, t.pre_norm, q.num_patterns) == (options, options, 2 * options)
 
     def diff(ours, key, axis=None):
         a, b = np.asarray(ours), theirs[key]
@@ -139,7 +154,7 @@ def test_dab_matches_hf_every_layer(hf, batch):
          "references": diff(jnp.stack(decoded["references"]), "references", per_layer),
          "logits": diff(out["pred_logits"], "logits", per_layer),
          "boxes": diff(out["pred_boxes"], "boxes", per_layer)}
-    print(f"{batch}: max |ours - HF|: " + ", ".join(
+    print(f"{variant}/{batch}: max |ours - HF|: " + ", ".join(
         f"{k} " + " ".join(f"{x:.1e}" for x in np.atleast_1d(v)) for k, v in d.items()))
     for k, v in d.items():
         assert np.max(v) <= TOL, (k, v)
