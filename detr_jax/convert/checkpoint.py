@@ -1,7 +1,8 @@
 """State_dict (numpy) -> validated params checkpoint that `config.init_from` accepts.
 
-Sources: "facebook" (facebookresearch/detr `model` state_dict), "hf" (`DetrForObjectDetection`
-or `DeformableDetrForObjectDetection`, told apart by the HF config's `model_type` or the keys),
+Sources: "facebook" (facebookresearch/detr `model` state_dict), "hf" (`DetrForObjectDetection`,
+`DeformableDetrForObjectDetection` or `DabDetrForObjectDetection`, told apart by the HF
+config's `model_type` or the keys),
 "deformable" (fundamentalvision/Deformable-DETR), "torchvision_resnet" and "hf_resnet"
 (classification ResNets, backbone only). No torch here.
 """
@@ -14,6 +15,7 @@ import flax.traverse_util
 import numpy as np
 
 from detr_jax.config_base import base_config, set_field, translate_legacy_fields
+from detr_jax.convert.dab import dab_model_fields, hf_dab_to_params, is_dab
 from detr_jax.convert.deformable import (
     deformable_model_fields,
     hf_deformable_to_params,
@@ -45,10 +47,15 @@ def convert_state_dict(
     """Returns (flat params keyed "a/b/c", config fields the weights imply).
 
     `hints`: what the weights do not show (`model_type` from an HF config.json, `nheads`,
-    `num_queries` of a two-stage model; see torch_io.load_state_dict). Raises ConversionError
+    `num_queries` of a two-stage model, DAB-DETR's `temperature_height` / `_width`; see
+    torch_io.load_state_dict). Raises ConversionError
     listing missing and unexpected keys.
     """
     hints = dict(hints or {})
+    if source == "hf" and (hints.get("model_type") == "dab-detr"
+                           or (hints.get("model_type") is None and is_dab(state_dict))):
+        params, layout = hf_dab_to_params(state_dict)
+        return params, dab_model_fields(params, layout, hints)
     if source == "hf" and (hints.get("model_type") == "deformable_detr"
                            or (hints.get("model_type") is None and is_deformable(state_dict))):
         params, layout = hf_deformable_to_params(state_dict)

@@ -46,7 +46,8 @@ def _load_file(path: str) -> tuple[dict, dict]:
 
 def load_state_dict(path: str) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """Returns (state_dict as float32/int numpy arrays, hints) where hints may hold `nheads`,
-    `dilation`, `model_type` and `num_queries` (two-stage proposals) (from the
+    `dilation`, `model_type`, `num_queries` (two-stage proposals) and `temperature_height` /
+    `temperature_width` (DAB-DETR) (from the
     facebookresearch / fundamentalvision `args`, or an HF directory's config.json)."""
     hints: dict[str, Any] = {}
     if os.path.isdir(path):
@@ -62,6 +63,9 @@ def load_state_dict(path: str) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
                 hints["num_queries"] = c["two_stage_num_proposals"]
             if "dilation" in c:
                 hints["dilation"] = bool(c["dilation"])
+            for k in ("temperature_height", "temperature_width"):  # DAB-DETR's sine embedding
+                if k in c:
+                    hints[k] = c[k]
         for name in ("model.safetensors", "pytorch_model.bin"):
             if os.path.exists(os.path.join(path, name)):
                 path = os.path.join(path, name)

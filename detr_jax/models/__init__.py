@@ -5,9 +5,9 @@ part (`backbone`, `neck`, `transformer`, `queries`, `heads`). Each sub-dict's `n
 part from its registry and its other fields are the part's keyword arguments, unrenamed; the
 builder adds `hidden_dim`, `dtype`, `num_classes` (from `config.num_classes`) and the backbone's
 `return_levels` (what the neck reads) to the parts that declare them, and the transformer's
-`head_layout()` (Deformable DETR: `num_layers`, `box_refine`, `two_stage`) to the heads, so the
-heads always match the decoder. An unknown field stops the build with a line naming it
-(detr_jax/models/registry.py).
+`head_layout()` (Deformable DETR, DAB-DETR: `num_layers`, `box_refine`, `two_stage`,
+`reference_dim`) to the heads, so the heads always match the decoder. An unknown field stops the
+build with a line naming it (detr_jax/models/registry.py).
 """
 
 from __future__ import annotations

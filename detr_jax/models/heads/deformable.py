@@ -5,8 +5,9 @@ coordinates (4-D references) or on the centre (2-D); see transformers/deformable
 refinement one class head and one box head serve every layer (the original shares one module);
 with `box_refine` each layer has its own; `two_stage` adds one more pair for the encoder
 proposals. Initialisation as the original: class bias at the prior `prior_prob` (0.01), the box
-head's last layer zero with bias (0, 0, -2, -2) (on the first head only with refinement; 0 on
-every head two-stage).
+head's last layer zero with bias (0, 0, -2, -2) on the heads whose layer starts from 2-D points
+(the first head only with refinement), 0 where the layer starts from boxes (every head two-stage,
+and DAB-DETR's anchor boxes: `reference_dim` 4), so a zero delta keeps the reference box.
 
 Params (in the detector's scope, the original's names): `class_embed_{i}/{kernel,bias}`,
 `bbox_embed_{i}/layers_{0,1,2}/{kernel,bias}`, i = 0..k-1 (k = 1 shared, else L (+1); DINO's
@@ -47,8 +48,9 @@ class DeformableHeads(nn.Module):
 
     Attributes:
       num_classes: C (set by the builder); hidden_dim: D (set by the builder).
-      num_layers, box_refine, two_stage: set by the builder from the transformer
-        (`head_layout()`), so the heads match the decoder.
+      num_layers, box_refine, two_stage, reference_dim: set by the builder from the
+        transformer (`head_layout()`), so the heads match the decoder; `reference_dim` is the
+        size of the decoder's first references (2: points, 4: boxes, as DAB-DETR's anchors).
       prior_prob: the class bias's prior probability (focal loss init).
       share_layers: with `box_refine`, one class and box head for all decoder layers (and one
         more pair for the proposals), as DINO (set by the builder from its transformer).
@@ -61,6 +63,7 @@ class DeformableHeads(nn.Module):
     num_layers: int = 6
     box_refine: bool = False
     two_stage: bool = False
+    reference_dim: int = 2
     prior_prob: float = 0.01
     share_layers: bool = False
 
@@ -75,7 +78,8 @@ class DeformableHeads(nn.Module):
                      name=f"class_embed_{i}")
             for i in range(count)
         ]
-        size_bias = [0.0 if self.two_stage or (self.box_refine and i > 0) else -2.0
+        points = self.reference_dim == 2 and not self.two_stage  # layer 0 starts from points
+        size_bias = [-2.0 if points and not (self.box_refine and i > 0) else 0.0
                      for i in range(count)]
         self.bbox_embed = [BoxMLP(d, size_bias[i], name=f"bbox_embed_{i}") for i in range(count)]
 

@@ -26,12 +26,14 @@ class SingleLevelNeck(nn.Module):
       hidden_dim: the transformer width D (set by the builder from `model.hidden_dim`).
       level: the backbone level read ("C3", "C4" or "C5").
       position_embedding: "sine" (DETR's PositionEmbeddingSine, normalised) or "learned".
+      temperature: the sine embedding's temperature (DETR 10000, DAB-DETR 20).
       dtype: compute dtype of the projection (set by the builder from `model.dtype`).
     """
 
     hidden_dim: int = 256
     level: str = "C5"
     position_embedding: str = "sine"
+    temperature: float = 10000.0
     dtype: Any = None
 
     @property
@@ -50,7 +52,7 @@ class SingleLevelNeck(nn.Module):
         x, mask, _ = source = feats[self.level]
         b, h, w, c = x.shape
         if self.position_embedding == "sine":
-            pos = sine_position_embedding(mask, self.hidden_dim)
+            pos = sine_position_embedding(mask, self.hidden_dim, self.temperature)
         elif self.position_embedding == "learned":
             pos = LearnedPositionEmbedding(self.hidden_dim, name="position_embedding")(mask)
         else:

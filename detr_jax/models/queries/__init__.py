@@ -6,6 +6,7 @@ know about them (docs/interfaces.md). Denoising and anchor queries register here
 
 from __future__ import annotations
 
+from detr_jax.models.queries.anchors import AnchorQueries
 from detr_jax.models.queries.dino import DinoQueries
 from detr_jax.models.queries.learned import LearnedQueries
 from detr_jax.models.queries.proposals import EncoderProposalQueries
@@ -15,5 +16,7 @@ QUERY_GENERATORS = Registry("query generator")
 QUERY_GENERATORS.register("learned", LearnedQueries)
 QUERY_GENERATORS.register("encoder_proposals", EncoderProposalQueries)
 QUERY_GENERATORS.register("dino", DinoQueries)
+QUERY_GENERATORS.register("anchors", AnchorQueries)
 
-__all__ = ["QUERY_GENERATORS", "DinoQueries", "EncoderProposalQueries", "LearnedQueries"]
+__all__ = ["QUERY_GENERATORS", "AnchorQueries", "DinoQueries", "EncoderProposalQueries",
+           "LearnedQueries"]

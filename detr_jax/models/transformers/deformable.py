@@ -145,7 +145,7 @@ class DeformableTransformer(nn.Module):
         """What the heads must be built with (the builder hands it to them): one prediction per
         decoder layer, per-layer heads with refinement, one more head for the proposals."""
         return {"num_layers": self.dec_layers, "box_refine": self.box_refine,
-                "two_stage": self.two_stage}
+                "two_stage": self.two_stage, "reference_dim": 4 if self.two_stage else 2}
 
     @nn.compact
     def __call__(self, memory_in: dict[str, Any], queries: dict[str, Any], train: bool = False,
