@@ -103,6 +103,8 @@ def base_config() -> ml_collections.ConfigDict:
     # without a weight (cardinality_error, class_error) are logged only.
     ls = c.loss = ml_collections.ConfigDict()
     ls.aux_loss = True
+    # Two-stage proposals' loss: one foreground class (Deformable DETR) or the labels (DINO).
+    ls.encoder_class_agnostic = True
     ls.terms = ml_collections.ConfigDict({
         "labels": {"eos_coef": 0.1, "label_smoothing": 0.0},
         "boxes": {},

@@ -106,7 +106,8 @@ def build_criterion(config: Any) -> Criterion:
     terms = {name: dict(s) for name, s in ls.terms.items()}
     costs = {k: (v.to_dict() if hasattr(v, "to_dict") else v) for k, v in mt.costs.items()}
     return Criterion(terms, dict(ls.weights), LOSS_TERMS, matcher, costs, ls.aux_loss,
-                     num_classes=config.num_classes)
+                     num_classes=config.num_classes,
+                     encoder_class_agnostic=ls.get("encoder_class_agnostic", True))
 
 
 __all__ = ["LOSS_TERMS", "Criterion", "LossTerm", "Targets", "build_criterion", "loss_problems",

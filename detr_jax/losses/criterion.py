@@ -24,8 +24,10 @@ batch reproduces the original exactly.
 Two-stage encoder proposals (Deformable DETR's `enc_outputs`: `pred_logits` [B, N, C],
 `pred_boxes` [B, N, 4], N = all feature positions) are one more "layer": the same matched terms,
 with a matching of their own, against the batch's boxes with every label set to 0 (the
-original's `bin_targets`: proposals are class-agnostic foreground). Their losses are named
-`<loss>_enc` and weighted by `weights[<loss>]`.
+original's `bin_targets`: proposals are class-agnostic foreground), or, with
+`encoder_class_agnostic=False`, against the real labels (DINO's `interm_outputs` loss, a
+per-pixel class signal on the encoder). Their losses are named `<loss>_enc` and weighted by
+`weights[<loss>]`.
 """
 
 from __future__ import annotations
@@ -70,12 +72,14 @@ class Criterion:
       aux_loss: apply the matched terms to every decoder layer (else the last only).
       num_classes: C, when given the logits must have C + 1 (softmax, no-object last) or C
         (sigmoid) columns.
+      encoder_class_agnostic: two-stage proposals are matched and classified as one
+        foreground class (Deformable DETR), else with the batch's labels (DINO).
     """
 
     def __init__(self, terms: Mapping[str, Mapping[str, Any]], weights: Mapping[str, float],
                  term_fns: Mapping[str, tuple], matcher: Matcher,
                  costs: Mapping[str, float], aux_loss: bool = True,
-                 num_classes: int | None = None):
+                 num_classes: int | None = None, encoder_class_agnostic: bool = True):
         unknown = [t for t in terms if t not in term_fns]
         if unknown:
             raise ValueError(f"loss.terms: unknown {unknown}; choose from {tuple(term_fns)}")
@@ -90,6 +94,7 @@ class Criterion:
         self.weights = dict(weights)
         self.matcher, self.costs, self.aux_loss = matcher, dict(costs), aux_loss
         self.num_classes = num_classes
+        self.encoder_class_agnostic = bool(encoder_class_agnostic)
 
     def _match(self, logits, boxes, gt_labels, gt_boxes, gt_valid, query_valid):
         """One matcher call for all layers: [L, B, Q, *] predictions -> match [L, B, G]."""
@@ -145,7 +150,8 @@ class Criterion:
         normalised cxcywh, optional `query_valid` bool [B, N] (False: a proposal left out of
         matching and of the class loss, e.g. at padded positions; default all valid, as the
         original). They are matched on their own (this criterion's matcher and costs) to the
-        batch's boxes with all labels 0, and normalised by the same `num_boxes`.
+        batch's boxes with all labels 0 (`encoder_class_agnostic`, else with their labels), and
+        normalised by the same `num_boxes`.
         """
         logits = jnp.asarray(enc_outputs["pred_logits"], jnp.float32)[None]
         boxes = jnp.asarray(enc_outputs["pred_boxes"], jnp.float32)[None]
@@ -153,12 +159,15 @@ class Criterion:
             raise ValueError(f"expected enc_outputs pred_logits [B,N,C] and pred_boxes [B,N,4], "
                              f"got {logits.shape[1:]} and {boxes.shape[1:]}")
         layer = {"pred_logits": logits, "pred_boxes": boxes}
-        bin_batch = dict(batch, labels=jnp.zeros_like(jnp.asarray(batch["labels"], jnp.int32)))
-        t = self.targets(layer, bin_batch, enc_outputs.get("query_valid"))
+        enc_batch = batch
+        if self.encoder_class_agnostic:
+            labels = jnp.zeros_like(jnp.asarray(batch["labels"], jnp.int32))
+            enc_batch = dict(batch, labels=labels)
+        t = self.targets(layer, enc_batch, enc_outputs.get("query_valid"))
         values: dict[str, jax.Array] = {}
         for (fn, needs_matching), settings in self.terms.values():
             if needs_matching:
-                values.update(fn(layer, bin_batch, t, **settings))
+                values.update(fn(layer, enc_batch, t, **settings))
         return {f"{k}_enc": (v[-1] if v.ndim == 1 else v) for k, v in values.items()}
 
     def __call__(self, outputs: dict, batch: dict, query_valid: jax.Array | None = None,

@@ -270,6 +270,22 @@ def test_encoder_losses_match_hf_on_class_agnostic_targets():
     np.testing.assert_allclose(m["loss"], total)
 
 
+def test_encoder_losses_with_labels_match_hf_on_the_real_targets():
+    """`encoder_class_agnostic=False` (DINO's interm loss): HF's loss on the proposals against
+    the real labels."""
+    outputs, batch, targets = random_case(4)
+    rng = np.random.default_rng(5)
+    enc_logits = (rng.normal(size=(3, 150, 6)) * 2).astype(np.float32)
+    enc_boxes = spread_boxes(rng, 3, 150)
+    criterion = Criterion(TERMS, WEIGHTS, LOSS_TERMS, HungarianScipyMatcher(), FOCAL_COSTS,
+                          True, num_classes=6, encoder_class_agnostic=False)
+    _, m = jax.device_get(criterion(
+        dict(outputs, enc_outputs={"pred_logits": enc_logits, "pred_boxes": enc_boxes}), batch))
+    ref, _ = hf_loss(enc_logits[None], enc_boxes[None], targets, 6)
+    for name in ("loss_ce", "loss_bbox", "loss_giou"):
+        np.testing.assert_allclose(m[name + "_enc"], ref[name], atol=1e-4, err_msg=name)
+
+
 def test_encoder_query_valid_leaves_proposals_out():
     outputs, batch, _ = random_case(4, num_layers=1)
     rng = np.random.default_rng(5)
