@@ -1,6 +1,7 @@
 """Compares the training curves of two runs (their workdirs' metrics.jsonl) step by step.
 
-    python -m detr_jax.main --config=configs/shapes.py --workdir=A --config.total_steps=200 \\
+    python -m detr_jax.main --config=configs/shapes_vanilla.py --workdir=A \\
+        --config.total_steps=200 \\
         --config.log_every=1      # once on each commit
     python benchmarks/compare_curves.py A/metrics.jsonl B/metrics.jsonl [--every 20]
 

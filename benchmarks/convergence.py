@@ -1,6 +1,6 @@
 """Convergence benchmark on the fixed "standard shapes" dataset (96x96, 1-6 objects, 6 classes).
 
-Trains a from-scratch DETR with `configs/shapes.py` (plus overrides) for a number of steps,
+Trains a from-scratch DETR with `configs/shapes_vanilla.py` (plus overrides) for a number of steps,
 evaluating on the held-out set at regular step intervals, and prints AP against wall time:
 
     python benchmarks/convergence.py --steps=1500 --evals=5 --workdir=/tmp/conv
@@ -26,7 +26,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", default="configs/shapes.py")
+    parser.add_argument("--config", default="configs/shapes_vanilla.py")
     parser.add_argument("--steps", type=int, default=None, help="total steps (config default)")
     parser.add_argument("--evals", type=int, default=5, help="evaluations during the run")
     parser.add_argument("--workdir", default="/tmp/detr_convergence")

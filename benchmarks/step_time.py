@@ -1,6 +1,6 @@
 """Times the jitted train step of a config on one fixed batch (no input pipeline).
 
-    python benchmarks/step_time.py --config=configs/shapes.py [--override field=value ...]
+    python benchmarks/step_time.py --config=configs/shapes_vanilla.py [--override field=value ...]
 
 Prints compile time and steady-state ms/step and steps/s; the input pipeline's cost per batch is
 printed separately. Use it to see where a config's step time goes before a convergence run.
@@ -19,7 +19,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--config", default="configs/shapes.py")
+    parser.add_argument("--config", default="configs/shapes_vanilla.py")
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--override", action="append", default=[], help="field=value")
     args = parser.parse_args()

@@ -1,13 +1,13 @@
 """Transfer benchmark: fine-tune a shapes-trained DETR on a shapes variant with other classes.
 
-The source is a `configs/shapes.py` run (standard shapes, 6 classes). The target is the "plain"
-variant (4 classes: circle, square, triangle, cross; no distractor lines or blobs) with the
+The source is a `configs/shapes_vanilla.py` run (standard shapes, 6 classes). The target is the
+"plain" variant (4 classes: circle, square, triangle, cross; no distractor lines or blobs) with the
 non-contiguous COCO category ids 2, 5, 11, 17, exported to COCO format and read back through
 the custom-dataset loader (`configs/shapes_custom.py`: `dataset="custom"`). The class heads are
 therefore re-initialised. Both arms use the same hyperparameters and steps; one starts from
 `--source` (`config.init_from`), the other from scratch:
 
-    python -m detr_jax.main --config=configs/shapes.py --workdir=/tmp/shapes_src   # the source
+    python -m detr_jax.main --config=configs/shapes_vanilla.py --workdir=/tmp/shapes_src  # source
     python benchmarks/transfer.py --source=/tmp/shapes_src --steps=400 --workdir=/tmp/transfer
 
 The export (steps x batch training images, 256 validation images) is written once under
@@ -47,7 +47,7 @@ def export(data_dir: str, num_train: int) -> tuple[str, str]:
 
 def arm_config(arm: str, args: argparse.Namespace, dirs: tuple[str, str] | None):
     if dirs is None:
-        from shapes import get_config
+        from shapes_vanilla import get_config
 
         config = get_config()
         config.shapes.spec = "plain"

@@ -5,9 +5,9 @@
     python -m detr_jax.main --config=configs/shapes_custom.py:/tmp/shapes_train,/tmp/shapes_val \
         --workdir=runs/shapes_custom
 
-Same model and schedule as configs/shapes.py; the transforms are the identity (96 px, no flip,
-no crop), so with an export of total_steps * batch_size training images the loader sees the same
-images as the built-in stream (in a permuted order) and is evaluated on the same 256 validation
+Same model and schedule as configs/shapes_vanilla.py; the transforms are the identity (96 px, no
+flip, no crop), so with an export of total_steps * batch_size training images the loader sees the
+same images as the built-in stream (in a permuted order) and is evaluated on the same 256 validation
 images: its AP should match the built-in stream's at equal steps.
 """
 
@@ -16,7 +16,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from shapes import get_config as shapes_config  # noqa: E402
+from shapes_vanilla import get_config as shapes_config  # noqa: E402
 
 
 def get_config(dirs: str = ","):

@@ -4,8 +4,8 @@ Run:  python -m detr_jax.main --config=configs/shapes_deformable.py:two_stage \
           --workdir=runs/shapes_ddetr
 `get_config(arg)`: "plain", "refine" or "two_stage" (default). The data, image size, batch,
 backbone (ResNet-18 at width 16, BatchNorm, from scratch) and 10-minute budget of
-configs/shapes.py (the vanilla demo), with Deformable DETR's parts at width 128: C3-C5 plus a
-stride-64 level (12x12, 6x6, 3x3, 2x2 at 96 px), 2 + 3 layers, 20 queries. No dense auxiliary
+configs/shapes_vanilla.py (the vanilla DETR), with Deformable DETR's parts at width 128: C3-C5
+plus a stride-64 level (12x12, 6x6, 3x3, 2x2 at 96 px), 2 + 3 layers, 20 queries. No dense auxiliary
 head: the multi-scale encoder (and, two-stage, the per-pixel proposal loss) reach the
 backbone directly. Measured: docs/benchmarks.md, "Deformable DETR on shapes".
 """
@@ -15,7 +15,7 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from shapes import get_config as shapes_config  # noqa: E402
+from shapes_vanilla import get_config as shapes_config  # noqa: E402
 
 from detr_jax.config_deformable import deformable_detr  # noqa: E402
 

@@ -13,8 +13,8 @@ import sys
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-from shapes import get_config as shapes_config  # noqa: E402
 from shapes_deformable import shapes_recipe  # noqa: E402
+from shapes_vanilla import get_config as shapes_config  # noqa: E402
 
 from detr_jax.config_dino import dino_detr  # noqa: E402
 

@@ -5,7 +5,8 @@ Variants, each adding to the one before (the ablation of docs/benchmarks.md, "DI
   denoising (positives only), pure query selection (content from the proposals), references
   gradient-stopped, the first class logit selects;
 - "dino": DINO: contrastive denoising, mixed query selection (learned content), selection by
-  the best class logit, look-forward-twice;
+  the best class logit, look-forward-twice, and the proposals' loss with the real labels
+  (DINO's interm loss; "dn" keeps Deformable DETR's class-agnostic one);
 - "dino_groups": + Group DETR's one-to-many groups (`groups` of them, training only).
 
 DINO-4scale's published recipe (IDEA-Research/DINO, config/DINO/DINO_4scale.py, 49.0 AP in 12
@@ -47,6 +48,7 @@ def dino_detr(c: ml_collections.ConfigDict, variant: str = "dino", groups: int =
         label_noise_ratio=0.5, box_noise_scale=1.0, max_objects=0,
         num_groups=groups if variant == "dino_groups" else 1, init_std=1.0))
     c.loss.terms.denoising = {"alpha": 0.25, "gamma": 2.0}
+    c.loss.encoder_class_agnostic = not dino
     w = c.loss.weights
     w.loss_ce = 1.0
     w.loss_ce_dn, w.loss_bbox_dn, w.loss_giou_dn = 1.0, 5.0, 2.0

@@ -1,7 +1,7 @@
 """Runs `python -m detr_jax.main` as N cooperating CPU processes on this machine (127.0.0.1).
 
     python launch/local.py --num_processes=2 [--devices_per_process=2] \
-        --config=configs/shapes.py --workdir=/tmp/run [--config.total_steps=100 ...]
+        --config=configs/shapes_vanilla.py --workdir=/tmp/run [--config.total_steps=100 ...]
 
 A multi-host rehearsal on one machine: every process gets `--coordinator_address=127.0.0.1:PORT`
 (a free port), `--num_processes=N` and its `--process_id`, `JAX_PLATFORMS=cpu` and, with

@@ -58,3 +58,11 @@ def test_shapes_variant_param_groups(variant):
 def test_bad_variant_is_one_line():
     with pytest.raises(ValueError, match="variant 'twostage'; choose one of"):
         load("deformable_coco", "twostage")
+
+
+def test_the_demo_is_the_two_stage_shapes_recipe():
+    demo, two_stage = load("shapes", ""), load("shapes_deformable", "two_stage")
+    assert demo.to_dict() == two_stage.to_dict()
+    assert load("shapes", "vanilla").to_dict() == load("shapes_vanilla", "").to_dict()
+    with pytest.raises(ValueError, match="configs/shapes.py:dino; choose"):
+        load("shapes", "dino")

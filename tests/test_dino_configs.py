@@ -27,6 +27,7 @@ def test_coco_recipe(variant):
     assert (q.mixed, q.contrastive, t.look_forward_twice, t.select_by) == (
         dino, dino, dino, "max" if dino else "first")
     assert q.num_groups == (3 if variant == "dino_groups" else 1)
+    assert c.loss.encoder_class_agnostic == (not dino)  # DINO's proposals loss has the labels
     assert dict(c.matcher.costs) == {"focal_class": 2.0, "bbox": 5.0, "giou": 2.0}
     assert dict(c.loss.weights) == {"loss_ce": 1.0, "loss_bbox": 5.0, "loss_giou": 2.0,
                                     "loss_ce_dn": 1.0, "loss_bbox_dn": 5.0, "loss_giou_dn": 2.0}

@@ -183,8 +183,8 @@ def test_num_queries_of_the_shapes_config_sizes_query_embed():
     `build_model` (models/__init__.py) hands `config.model.queries` to
     `Registry.build` (models/registry.py), which passes `num_queries` to `LearnedQueries`
     (models/queries/learned.py), whose `__call__` creates `query_embed` [num_queries, D]."""
-    spec = importlib.util.spec_from_file_location("shapes_config",
-                                                  os.path.join(ROOT, "configs", "shapes.py"))
+    path = os.path.join(ROOT, "configs", "shapes_vanilla.py")
+    spec = importlib.util.spec_from_file_location("shapes_config", path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     config = module.get_config()
