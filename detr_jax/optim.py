@@ -6,7 +6,8 @@ whose pattern matches (`re.search`) decides and unmatched params train at lr x 1
 params get exactly zero updates (optax.set_to_zero: no gradient step and no weight decay). The
 rules come, in this order, from:
 1. the `config.freeze` preset (transfer learning): "backbone" freezes `backbone/`, "heads" all
-   but the heads, "decoder_and_heads" all but the decoder, `query_embed` and the heads;
+   but the heads, "decoder_and_heads" all but the decoder, the query params (`query_embed`,
+   DINO's `tgt_embed` / `label_enc`, anchors) and the heads;
 2. the model's parts (`model.param_rules()`: FrozenBatchNorm arrays, `backbone.frozen_stages`);
 3. `config.optim.param_rules` (e.g. `[("^backbone/", 0.1)]`, DETR's backbone lr x 0.1).
 Every rule of 1 and 3 must match some parameter (a start-up error names the rule otherwise).
@@ -25,12 +26,16 @@ import optax
 
 SCHEDULE_CHOICES = ("cosine", "step", "constant")
 FROZEN = "frozen"
-_HEADS = "class_embed/|bbox_embed/|dense_class_head/"
+# The heads (DETR's `class_embed`, Deformable-style per-layer `class_embed_<i>`, ...) and the
+# decoder-side query params (learned queries, DINO's content and label embeddings, anchors).
+_HEADS = r"class_embed(_\d+)?/|bbox_embed(_\d+)?/|dense_class_head/"
+_QUERIES = ("query_embed|group_query_embed|tgt_embed|label_enc|refpoint_embed|"
+            "transformer/ref_point_head")
 FREEZE_PRESETS: dict[str, list[tuple[str, str]]] = {
     "none": [],
     "backbone": [("^backbone/", FROZEN)],
     "heads": [(f"^(?!({_HEADS}))", FROZEN)],
-    "decoder_and_heads": [(f"^(?!(transformer/decoder_|query_embed|{_HEADS}))", FROZEN)],
+    "decoder_and_heads": [(f"^(?!(transformer/decoder_|{_QUERIES}|{_HEADS}))", FROZEN)],
 }
 
 

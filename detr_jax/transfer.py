@@ -3,10 +3,11 @@
 `init_from` is a params checkpoint written by `python -m detr_jax.convert`, or one of our training
 workdirs / checkpoint directories (see `detr_jax/pretrained.py`). Modes:
 
-- "all": every param whose path and shape match is taken. The class head (`class_embed`) is
-  left at its fresh initialisation when `num_classes` differs, which re-initialises all
-  `num_classes + 1` logits including the no-object one (likewise the optional
-  `dense_class_head`). Any other shape mismatch is an error
+- "all": every param whose path and shape match is taken. The class head (`class_embed`, or
+  the per-layer `class_embed_<i>` of Deformable DETR / DINO / DAB) is left at its fresh
+  initialisation when `num_classes` differs, which re-initialises all `num_classes (+ 1)`
+  logits including the no-object one (likewise the optional `dense_class_head` and DINO's
+  `label_enc`). Any other shape mismatch is an error
   listing the paths (e.g. a different `hidden_dim` or `num_queries`).
 - "backbone": only `backbone/...` is taken (everything else keeps its fresh initialisation).
 
@@ -18,6 +19,7 @@ A resumed run (the workdir already holds a checkpoint) ignores `init_from`.
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import flax.traverse_util
@@ -30,8 +32,9 @@ from detr_jax.pretrained import load_params_checkpoint
 
 INIT_MODES = ("all", "backbone")
 FREEZE_CHOICES = ("none", "backbone", "heads", "decoder_and_heads")
-# Heads sized by num_classes: re-initialised when it differs.
-CLASS_HEADS = ("class_embed/", "dense_class_head/")
+# Params sized by num_classes (DETR's and the per-layer Deformable-style class heads, the dense
+# head, DINO's denoising label embedding): re-initialised when it differs.
+CLASS_HEADS = re.compile(r"^(class_embed(_\d+)?|dense_class_head|label_enc)/")
 
 # (frozen BN param, flax BatchNorm collection, flax BatchNorm name)
 _BN_NAMES = (
@@ -109,7 +112,7 @@ def merge_pretrained(
                 continue
             src = np.asarray(source[coll][key])
             if src.shape != tuple(value.shape):
-                if key.startswith(CLASS_HEADS):
+                if CLASS_HEADS.match(key):
                     report["reinitialised"].append(key)
                     continue
                 mismatched.append(f"{key}: checkpoint {src.shape} vs model {tuple(value.shape)}")

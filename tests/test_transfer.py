@@ -114,3 +114,35 @@ def test_backbone_frozen_for_first_k_steps_then_trained():
     assert [h[0] for h in history[:3]] == [1.0, 1.0, 1.0]  # frozen: no step, no weight decay
     assert history[3][0] < 1.0 and history[4][0] < history[3][0]
     assert history[0][1] < 1.0  # the head trains from the first step
+
+
+def test_dino_class_heads_and_label_embedding_follow_num_classes():
+    """Deformable-style per-layer heads (`class_embed_<i>`) and DINO's `label_enc` are sized by
+    num_classes: a checkpoint with other classes re-initialises them and loads the rest."""
+    from tiny_dino_config import tiny_dino
+
+    src_config, config = tiny_dino(), tiny_dino()
+    config.num_classes = 3
+    src = random_variables(src_config, 5)["params"]
+    fresh = random_variables(config, 6)["params"]
+    params, _, report = merge_pretrained(fresh, {}, src, {}, "all")
+    got = _flat(params)
+    reinit = set(report["reinitialised"])
+    assert {"class_embed_0/kernel", "class_embed_1/kernel", "label_enc/embedding"} <= reinit
+    assert all(k.startswith(("class_embed_", "label_enc/")) for k in reinit)
+    np.testing.assert_array_equal(got["label_enc/embedding"], _flat(fresh)["label_enc/embedding"])
+    np.testing.assert_array_equal(got["tgt_embed"], _flat(src)["tgt_embed"])
+    model = build_model(config)
+    shapes = jax.eval_shape(lambda: random_variables(config, 0))["params"]
+    for freeze, trained in (
+        ("heads", ("class_embed_", "bbox_embed_")),
+        ("decoder_and_heads", ("class_embed_", "bbox_embed_", "transformer/decoder_layers_",
+                               "tgt_embed", "label_enc", "transformer/ref_point_head")),
+    ):
+        frozen_config = config.copy_and_resolve_references()
+        frozen_config.freeze = freeze
+        rules = optim.optimizer_rules(frozen_config, model, shapes)
+        labels = _flat(optim.param_labels(shapes, rules))
+        for key, label in labels.items():
+            assert (label != "frozen") == key.startswith(trained), (freeze, key, label)
+
