@@ -6,7 +6,9 @@ The best 10-minute recipe of docs/benchmarks.md ("DINO on shapes", 2026-12-02): 
 Deformable DETR (configs/shapes_deformable.py) on the data, backbone and batch of the vanilla
 demo (configs/shapes_vanilla.py): 96-px images, batch 8, ResNet-18 at width 16 from scratch,
 C3-C5 + a stride-64 level at width 128, 2 + 3 layers, 20 proposals, 2100 steps.
-RESULTS_PLACEHOLDER
+Measured on the project's 2-core CPU (2026-12-02, docs/benchmarks.md): 9:10 wall for 2100 steps
+with start-up, compilation and evaluation; over seeds 0, 1 and 2, AP50 0.625 ± 0.012 (AP 0.454,
+APs 0.451) on the 256 held-out images (the issue's target is 0.90, its near bar 0.60).
 `get_config("vanilla")` gives the vanilla DETR demo (configs/shapes_vanilla.py).
 """
 
