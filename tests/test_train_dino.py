@@ -13,8 +13,8 @@ from tiny_dino_config import tiny_dino
 from detr_jax import train
 
 
-@pytest.mark.parametrize("variant", [
-    "dino_groups", pytest.param("dn", marks=pytest.mark.slow)])
+@pytest.mark.slow  # the parts are tested in tests/models/test_dino.py (default suite)
+@pytest.mark.parametrize("variant", ["dino_groups", "dn"])
 def test_trains_and_evaluates(tmp_path, variant):
     config = tiny_dino(variant)
     config.matcher.name = "hungarian_jax"

@@ -92,7 +92,8 @@ def test_groups_do_not_see_each_other(dino):
     assert np.abs(np.asarray(a["pred_logits"][:, :, 6:] - b["pred_logits"][:, :, 6:])).max() > 1e-4
 
 
-@pytest.mark.parametrize("look_forward_twice", [True, False])
+@pytest.mark.parametrize("look_forward_twice", [
+    True, pytest.param(False, marks=pytest.mark.slow)])
 def test_look_forward_twice_reaches_the_previous_box_head(look_forward_twice):
     config = tiny_dino(look_forward_twice=look_forward_twice, share_heads=False)
     model = build_model(config)

@@ -24,6 +24,7 @@ from detr_jax.models.transformers import DinoTransformer  # noqa: E402
 TOL = 1e-4
 
 
+@pytest.mark.slow  # builds and converts an HF model (~40 s on 2 cores)
 def test_mixed_selection_picks_hf_two_stage_anchors():
     spec = ref.SMALL
     hf_model = ref.build_hf_deformable(spec, refine=True, two_stage=True)
