@@ -1,4 +1,4 @@
-"""A DINO-style detector small enough for unit tests (as a config file too, for CLI tests)."""
+"""A DINO-style detector small enough for unit tests (tests/models/test_dino.py and others)."""
 
 import os
 import sys
@@ -22,6 +22,3 @@ def tiny_dino(variant="dino_groups", groups=2, **transformer):
     c.model.queries.dn_number = 12
     return c
 
-
-def get_config(arg: str = "dino_groups"):
-    return tiny_dino(arg or "dino_groups")

@@ -116,6 +116,8 @@ def test_configuration_problems_name_the_fields():
     assert any("select_by='best'" in x for x in lines)
     assert any("num_groups > 1 needs model.queries.mixed" in x for x in lines)
     c = tiny_dino()
-    c.model.queries.name = "encoder_proposals"
     c.model.queries = {"name": "encoder_proposals", "num_queries": 6}
     assert any("needs model.queries.name='dino'" in x for x in model_problems(c))
+    c = tiny_dino()
+    c.model.neck = {"name": "single_level", "level": "C5"}
+    assert any("name='dino' needs model.neck.name='multi_scale'" in x for x in model_problems(c))

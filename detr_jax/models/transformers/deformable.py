@@ -128,10 +128,7 @@ class DeformableTransformer(nn.Module):
 
     def part_problems(self, neck: nn.Module, queries: nn.Module) -> list[str]:
         """One line per part this transformer cannot work with (checked at start-up)."""
-        lines = []
-        if not hasattr(neck, "num_levels"):
-            lines.append("model.transformer.name='deformable' needs model.neck.name="
-                         "'multi_scale' (levels, valid ratios)")
+        lines = self._neck_problems(neck)
         has_proposals = hasattr(queries, "num_queries") and not hasattr(queries, "with_content")
         if self.two_stage and not has_proposals:
             lines.append("model.transformer.two_stage=True needs model.queries.name="
@@ -140,6 +137,12 @@ class DeformableTransformer(nn.Module):
             lines.append("model.transformer.name='deformable' (one-stage) needs "
                          "model.queries.with_content=True (query position and content)")
         return lines
+
+    def _neck_problems(self, neck: nn.Module) -> list[str]:
+        if hasattr(neck, "num_levels"):
+            return []
+        return [f"model.transformer.name={self._registry_name!r} needs model.neck.name="
+                "'multi_scale' (levels, valid ratios)"]
 
     def head_layout(self) -> dict[str, Any]:
         """What the heads must be built with (the builder hands it to them): one prediction per

@@ -78,9 +78,7 @@ class DinoTransformer(DeformableTransformer):
     _registry_name = "dino"
 
     def part_problems(self, neck: nn.Module, queries: nn.Module) -> list[str]:
-        lines = []
-        if not hasattr(neck, "num_levels"):
-            lines.append("model.transformer.name='dino' needs model.neck.name='multi_scale'")
+        lines = self._neck_problems(neck)
         if not hasattr(queries, "dn_number"):
             lines.append("model.transformer.name='dino' needs model.queries.name='dino'")
         else:
