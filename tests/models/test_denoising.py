@@ -219,3 +219,20 @@ def test_zero_slots():
                                np.zeros((2, 0, 4), np.float32), np.zeros((2, 0), bool))
     assert (groups, num_dn) == (50, 0) and out["boxes"].shape == (2, 0, 4)
     assert denoising_attn_mask(0, groups, 3).shape == (1, 3, 3)
+
+
+def test_positives_only_layout_dn_detr():
+    """contrastive=False: K = dn_number // G groups of G positives (no negatives), noise < 1."""
+    labels = jnp.asarray([[1, 2, 0], [3, 0, 0]], jnp.int32)
+    boxes = jnp.full((2, 3, 4), 0.5, jnp.float32).at[..., 2:].set(0.2)
+    valid = jnp.asarray([[True, True, False], [True, False, False]])
+    dn = contrastive_denoising(jax.random.PRNGKey(0), labels, boxes, valid, num_classes=4,
+                               dn_number=7, label_noise_ratio=0.0, contrastive=False)
+    assert (dn["num_groups"], dn["num_dn"]) == (2, 6)  # 7 // 3 = 2 groups of 3 slots
+    np.testing.assert_array_equal(np.asarray(dn["positive"]), np.asarray(dn["valid"]))
+    np.testing.assert_array_equal(np.asarray(dn["gt_index"][0]), [0, 1, -1, 0, 1, -1])
+    np.testing.assert_array_equal(np.asarray(dn["labels"][1]), [3, 4, 4, 3, 4, 4])
+    # Every corner moves by less than one half-size (r < 1): inside [0.3, 0.7].
+    real = np.asarray(dn["boxes"])[np.asarray(dn["valid"])]
+    corners = np.concatenate([real[:, :2] - real[:, 2:] / 2, real[:, :2] + real[:, 2:] / 2], 1)
+    assert corners.min() >= 0.3 - 1e-6 and corners.max() <= 0.7 + 1e-6
