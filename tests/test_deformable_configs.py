@@ -60,8 +60,14 @@ def test_bad_variant_is_one_line():
         load("deformable_coco", "twostage")
 
 
-def test_the_demo_is_the_two_stage_shapes_recipe():
+def test_the_demo_is_the_two_stage_shapes_recipe_without_encoder_and_wider():
     demo, two_stage = load("shapes", ""), load("shapes_deformable", "two_stage")
+    assert model_problems(demo) == [] and loss_problems(demo) == []
+    assert (demo.model.transformer.enc_layers, demo.model.backbone.width, demo.total_steps) == (
+        0, 32, 4200)
+    two_stage.model.transformer.enc_layers = 0
+    two_stage.model.backbone.width = 32
+    two_stage.total_steps = 4200
     assert demo.to_dict() == two_stage.to_dict()
     assert load("shapes", "vanilla").to_dict() == load("shapes_vanilla", "").to_dict()
     with pytest.raises(ValueError, match="configs/shapes.py:dino; choose"):
