@@ -29,7 +29,7 @@ def get_config(arg: str = ""):
         raise ValueError(f"configs/shapes.py:{arg}; choose '' (the demo) or 'vanilla'")
     c = deformable_config("two_stage")
     # The 10-minute levers (docs/benchmarks.md, "The demo at AP50 0.90"): at 96 px the two
-    # deformable encoder layers cost ~65% of the step (250 -> 88 ms without them), and the
+    # deformable encoder layers cost 64% of the step (250 -> 91 ms without them), and the
     # saved time buys a ResNet-18 twice as wide (121 ms/step) and twice the steps.
     c.model.transformer.enc_layers = 0
     c.model.backbone.width = 32
