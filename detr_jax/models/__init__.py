@@ -72,6 +72,13 @@ def model_problems(config: Any) -> list[str]:
     return lines
 
 
+def _levels(neck: nn.Module, heads: Any) -> tuple[str, ...]:
+    """The backbone levels to build: the neck's, then those a mask head reads besides
+    (`model.heads.feature_levels`, e.g. DETR's FPN mask head: C2-C4)."""
+    extra = tuple(heads.get("feature_levels", ()) or ())
+    return tuple(neck.input_levels) + tuple(lv for lv in extra if lv not in neck.input_levels)
+
+
 def _head_layout(transformer: nn.Module) -> dict[str, Any]:
     """What the transformer tells its heads (`head_layout()`; empty for DETR's)."""
     return dict(getattr(transformer, "head_layout", dict)())
@@ -94,7 +101,7 @@ def build_model(config: Any) -> nn.Module:
         raise PartConfigError("; ".join(lines))
     m = config.model
     neck = NECKS.build(m.neck, "model.neck", **_shared(config))
-    shared = _shared(config, return_levels=neck.input_levels)
+    shared = _shared(config, return_levels=_levels(neck, m.heads))
     parts = {part: registry.build(m[part], f"model.{part}", **shared)
              for part, registry in PARTS.items() if part not in ("neck", "heads")}
     parts["heads"] = HEADS.build(m.heads, "model.heads", **shared,

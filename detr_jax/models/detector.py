@@ -62,7 +62,9 @@ class SetDetector(nn.Module):
         """
         feats = dict(self.backbone(images, pixel_mask, train=train))
         feats["input"] = Feature(images, pixel_mask, 1)  # for necks that resize the pixel mask
-        memory_in = self.neck(feats, train=train)
+        memory_in = dict(self.neck(feats, train=train))
+        # Mask heads read backbone levels beside the neck's tokens (DETR's FPN head: C2-C4).
+        memory_in.setdefault("features", feats)
         queries = self.queries(images.shape[0], train=train, targets=targets)
         # The heads are handed to the transformer: refining decoders and two-stage encoders
         # call their box / proposal heads (the same params as the final predictions).

@@ -91,4 +91,8 @@ def test_deformable_matches_hf_every_layer(variant):
     assert len(keys) == 3 * spec["decoder_layers"] + (3 if two_stage else 0)
     diffs = {k: abs(float(ours[k]) - hf_terms[k]) for k in keys}
     print(f"{variant}: loss terms max diff {max(diffs.values()):.2e} over {sorted(keys)}")
-    assert max(diffs.values()) <= TOL, diffs
+    # Relative to the term's size where it exceeds 1: the proposals' focal term sums over every
+    # proposal and class (about 230 here), where float32's spacing is already 1.5e-5, so an
+    # absolute 1e-4 is a few ulps and failed on summation order alone (1.07e-4, 5e-7 relative).
+    bad = {k: (hf_terms[k], d) for k, d in diffs.items() if d > TOL * max(1.0, abs(hf_terms[k]))}
+    assert not bad, bad
