@@ -137,10 +137,12 @@ def train_step(
     `frozen` (bool pytree like params, or None) marks the params the EMA copies as they are.
     """
     rng = jax.random.fold_in(state.rng, state.step)
+    # The loss's own randomness (the mask terms' sampled points), apart from the model's.
+    loss_batch = dict(batch, loss_rng=jax.random.fold_in(rng, 1))
 
     def loss_fn(params):
         outputs, new_vars = _apply(model, state, params, batch, True, rng)
-        loss, metrics = criterion(outputs, batch)
+        loss, metrics = criterion(outputs, loss_batch)
         return loss, (metrics, new_vars)
 
     (loss, (metrics, new_vars)), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params)
