@@ -1,7 +1,7 @@
 """CLI: `python -m detr_jax.convert --source=SOURCE IN OUT_DIR`.
 
-SOURCE: facebook | hf (DETR, Deformable DETR or DAB-DETR) | deformable | torchvision_resnet |
-hf_resnet.
+SOURCE: facebook | hf (DETR, Deformable DETR, DAB-DETR or Mask2Former with a ResNet) |
+deformable | torchvision_resnet | hf_resnet.
 
 IN is a `.pth` / `.bin` / `.safetensors` file or a Hugging Face model directory. OUT_DIR becomes a
 params checkpoint for `--config.init_from=OUT_DIR`; its meta.json lists the config fields the

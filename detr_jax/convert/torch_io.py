@@ -57,6 +57,8 @@ def load_state_dict(path: str) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
                 c = json.load(f)
             if "encoder_attention_heads" in c:
                 hints["nheads"] = c["encoder_attention_heads"]
+            elif "num_attention_heads" in c:  # Mask2Former
+                hints["nheads"] = c["num_attention_heads"]
             if "model_type" in c:
                 hints["model_type"] = c["model_type"]
             if c.get("two_stage") and "two_stage_num_proposals" in c:

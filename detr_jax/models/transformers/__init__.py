@@ -9,12 +9,14 @@ from detr_jax.models.transformers.deformable import DeformableTransformer
 from detr_jax.models.transformers.detr import DetrTransformer
 from detr_jax.models.transformers.dino import DinoTransformer
 from detr_jax.models.transformers.layers import ATTENTION_CHOICES
+from detr_jax.models.transformers.mask2former import Mask2FormerTransformer
 
 TRANSFORMERS = Registry("transformer")
 TRANSFORMERS.register("detr", DetrTransformer)
 TRANSFORMERS.register("deformable", DeformableTransformer)
 TRANSFORMERS.register("dino", DinoTransformer)
 TRANSFORMERS.register("dab", DabTransformer)
+TRANSFORMERS.register("mask2former", Mask2FormerTransformer)
 
 __all__ = ["ATTENTION_CHOICES", "TRANSFORMERS", "DabTransformer", "DeformableTransformer",
-           "DetrTransformer", "DinoTransformer"]
+           "DetrTransformer", "DinoTransformer", "Mask2FormerTransformer"]
