@@ -23,7 +23,7 @@ from detr_jax.data.coco_json import DataError
 from detr_jax.data.shapes import STANDARD_SHAPES, ShapesDataset, ShapesSpec
 from detr_jax.data.shapes_panoptic import PANOPTIC_SPECS, ShapesPanopticDataset
 
-DATASET_CHOICES = ("shapes", "shapes_panoptic", "coco", "custom")
+DATASET_CHOICES = ("shapes", "coco", "custom", "shapes_panoptic")
 SHAPES_SPECS = {
     "standard": STANDARD_SHAPES,
     # An easier diagnostic variant: 4 classes, no distractor lines or blobs.

@@ -166,10 +166,11 @@ def segments_to_sample(
     h, w = ids.shape
     masks, labels, crowd, boxes, segs = [], [], [], [], []
     declared = np.zeros(ids.shape, bool)
+    empty = []
     for seg in segments:
         m = ids == seg["id"]
         if not m.any():
-            _log.warning("%s: segment %d has no pixel; dropped", where, seg["id"])
+            empty.append(int(seg["id"]))
             continue
         declared |= m
         label = label_of[int(seg["category_id"])]
@@ -180,6 +181,9 @@ def segments_to_sample(
         boxes.append([x0, y0, x1, y1])
         segs.append({"id": int(seg["id"]), "category_id": label, "iscrowd": int(crowd[-1]),
                      "area": int(m.sum()), "bbox": [x0, y0, x1 - x0, y1 - y0]})
+    if empty:
+        _log.warning("%s: %d segment(s) with no pixel dropped (ids %s)", where, len(empty),
+                     empty[:5])
     stray = (ids != 0) & ~declared
     if stray.any():
         _log.warning("%s: %d pixels carry ids %s that no segment declares; set to VOID", where,
