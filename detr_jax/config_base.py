@@ -2,7 +2,7 @@
 
 Top-level fields: `total_steps`, `batch_size` (global), `eval_every`, `checkpoint_every`, ...
 Sub-configs: `mesh`, `model`, `matcher`, `loss`, `optim`, `eval`, one per dataset (`shapes`,
-`coco`, `custom`) and `transforms`.
+`coco`, `custom`), `data` (options common to the datasets) and `transforms`.
 """
 
 from __future__ import annotations
@@ -140,9 +140,15 @@ def base_config() -> ml_collections.ConfigDict:
     e.draw_score_threshold = 0.5
     e.annotations_file = ""  # coco: official instances_val2017.json (else GT built from tfds)
 
-    s = c.shapes = ml_collections.ConfigDict()
+    s = c.shapes = ml_collections.ConfigDict()  # dataset="shapes" or "shapes_panoptic"
     s.num_val = 256
-    s.spec = "standard"
+    s.spec = "standard"  # shapes: standard | plain; shapes_panoptic: standard | plain
+
+    # ---- Data options common to the datasets (detr_jax/data) ----
+    d = c.data = ml_collections.ConfigDict()
+    # Segmentation targets: samples carry `masks` (decoded from COCO segmentations only when
+    # on) and batches `masks` uint8 [B, M, Hb, Wb] + `is_thing` [B, M] (docs/interfaces.md).
+    d.with_masks = False
 
     cc = c.coco = ml_collections.ConfigDict()
     cc.data_dir = ""  # tfds data_dir holding coco/2017
@@ -153,6 +159,10 @@ def base_config() -> ml_collections.ConfigDict:
     cu.train_images = ""  # folder holding its images' file_name
     cu.val_annotations = ""
     cu.val_images = ""
+    # COCO panoptic (detr_jax/data/custom_panoptic.py): the PNG folders; when set, the
+    # annotations files above are panoptic JSONs (segments_info per image).
+    cu.train_panoptic_masks = ""
+    cu.val_panoptic_masks = ""
     cu.num_workers = 4  # image-decoding threads per process
     cc.name = "coco/2017"  # tfds name (detr_jax/data/tfds_coco.py)
     cc.train_split = "train"

@@ -8,7 +8,7 @@ from typing import Any
 
 from detr_jax import ema, transfer
 from detr_jax.core import sharding
-from detr_jax.data import DATASET_CHOICES, SHAPES_SPECS
+from detr_jax.data import DATASET_CHOICES, PANOPTIC_SPECS, SHAPES_SPECS
 from detr_jax.losses import loss_problems
 from detr_jax.matching import MATCHERS, check_cost_weights, get_matcher
 from detr_jax.models import model_problems
@@ -57,6 +57,9 @@ def validate_config(config: Any, num_devices: int, workdir: str | None = None) -
     choice("dataset", config.dataset, DATASET_CHOICES)
     if config.dataset == "shapes":
         choice("shapes.spec", config.shapes.spec, tuple(SHAPES_SPECS))
+    if config.dataset == "shapes_panoptic":
+        choice("shapes.spec", config.shapes.spec, tuple(PANOPTIC_SPECS))
+    _check_data(config, need)
     choice("matcher.name", config.matcher.name, tuple(MATCHERS))
     _check_matcher(config.matcher, need)
     choice("optim.schedule", config.optim.schedule, SCHEDULE_CHOICES)
@@ -96,6 +99,21 @@ def validate_config(config: Any, num_devices: int, workdir: str | None = None) -
         need(problem is None, f"workdir={workdir!r} is not writable ({problem})")
     if errors:
         raise ConfigError("invalid config:\n  " + "\n  ".join(errors))
+
+
+def _check_data(config: Any, need: Any) -> None:
+    """`data.*`: `with_masks` is a bool, and the dataset has masks when it is on."""
+    data = config.get("data")
+    if data is None:
+        return
+    value = data.get("with_masks", False)
+    need(isinstance(value, bool), f"data.with_masks={value!r} must be true or false")
+    if value is True and config.dataset == "coco":
+        from detr_jax.data.tfds_coco_panoptic import MASK_DATASETS
+
+        need(config.coco.name in MASK_DATASETS,
+             f"data.with_masks=True but coco.name={config.coco.name!r} has no masks; choose one "
+             f"of {MASK_DATASETS}")
 
 
 def _check_matcher(mt: Any, need: Any) -> None:
@@ -178,6 +196,10 @@ def _check_transforms(config: Any, buckets: list, need: Any) -> None:
     if config.dataset == "custom":
         for f in ("train_annotations", "train_images", "val_annotations", "val_images"):
             need(bool(config.custom[f]), f"custom.{f} is empty: give the path")
+        pan = [bool(config.custom.get(f, "")) for f in ("train_panoptic_masks",
+                                                         "val_panoptic_masks")]
+        need(pan[0] == pan[1], "custom.train_panoptic_masks and custom.val_panoptic_masks must "
+             "be set together (COCO panoptic PNG folders) or both left empty")
         need(config.custom.num_workers >= 1,
              f"custom.num_workers={config.custom.num_workers} must be >= 1")
     t = config.transforms

@@ -14,6 +14,12 @@ pixels**, ``labels`` int32 [N].  Each function returns a new sample and leaves i
 - :func:`random_erasing`: a random rectangle is filled with noise; boxes covered more than
   ``max_covered`` are dropped.
 
+Masks (optional ``masks`` bool [N, H, W], with ``is_thing`` / ``iscrowd`` [N]) stay aligned:
+geometric ops map them with the same affine (nearest), Mixup resizes the other sample's masks
+(nearest) and keeps both sets, CutMix removes the pasted rectangle from this sample's masks and
+keeps the other's only inside it, erasing removes the erased rectangle (masks are *visible*
+masks); a target whose mask ends up empty is dropped with its box.
+
 :func:`make_augment` turns ``config.augment`` into the ``(sample, rng, other) -> sample`` hook the
 datasets call before the DETR transforms (``other()`` returns a second raw sample).
 """
@@ -27,7 +33,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, ImageEnhance, ImageOps
 
-from detr_jax.data.transforms import PER_BOX_KEYS, select_boxes
+from detr_jax.data.transforms import PER_BOX_KEYS, resize_masks, select_boxes
 
 COLOUR_OPS = ("identity", "autocontrast", "equalize", "brightness", "contrast", "color",
               "sharpness", "posterize", "solarize")
@@ -56,6 +62,25 @@ def affine_boxes(boxes: np.ndarray, matrix: np.ndarray, h: int, w: int) -> tuple
     out = np.concatenate([pts.min(axis=1), pts.max(axis=1)], axis=1)
     out = np.clip(out, 0, np.array([w, h, w, h], np.float32)).astype(np.float32)
     return out, (out[:, 2] > out[:, 0]) & (out[:, 3] > out[:, 1])
+
+
+def _with_masks(sample: dict, keep: np.ndarray) -> np.ndarray:
+    """``keep`` [N] and, when the sample has masks, a non-empty mask."""
+    if "masks" not in sample:
+        return keep
+    return keep & np.asarray(sample["masks"]).any(axis=(1, 2))
+
+
+def _cut_masks(sample: dict, rect: tuple[int, int, int, int], inside: bool) -> dict:
+    """``sample`` with its masks kept only inside (``inside``) or only outside the xyxy
+    integer rectangle ``rect``; the sample itself when it has no masks."""
+    if "masks" not in sample:
+        return sample
+    x0, y0, x1, y1 = rect
+    masks = np.asarray(sample["masks"], bool)
+    window = np.zeros(masks.shape[1:], bool)
+    window[y0:y1, x0:x1] = True
+    return dict(sample, masks=masks & (window if inside else ~window))
 
 
 def _geometric(sample: dict, op: str, level: float, rng: np.random.Generator) -> dict:
@@ -88,7 +113,13 @@ def _geometric(sample: dict, op: str, level: float, rng: np.random.Generator) ->
         fillcolor=(124, 116, 104))
     boxes, keep = affine_boxes(sample["boxes"], fwd[:2].astype(np.float32), h, w)
     out = dict(sample, image=np.asarray(pil), boxes=boxes)
-    return select_boxes(out, keep)
+    if "masks" in sample:
+        coeffs = tuple(inv[:2].reshape(-1))
+        moved = [np.asarray(Image.fromarray(m.astype(np.uint8)).transform(
+            (w, h), Image.Transform.AFFINE, coeffs, Image.Resampling.NEAREST, fillcolor=0))
+            for m in np.asarray(sample["masks"], bool)]
+        out["masks"] = np.stack(moved).astype(bool) if moved else np.zeros((0, h, w), bool)
+    return select_boxes(out, _with_masks(out, keep))
 
 
 def _colour(image: np.ndarray, op: str, level: float, rng: np.random.Generator) -> np.ndarray:
@@ -137,17 +168,34 @@ def _resize_to(other: dict, h: int, w: int) -> dict:
     if (oh, ow) != (h, w):
         image = np.asarray(Image.fromarray(image).resize((w, h), Image.Resampling.BILINEAR))
     scale = np.array([w / ow, h / oh, w / ow, h / oh], np.float32)
-    return {"image": image, "labels": np.asarray(other["labels"], np.int32),
-            "boxes": np.asarray(other["boxes"], np.float32).reshape(-1, 4) * scale}
+    out = {"image": image, "labels": np.asarray(other["labels"], np.int32),
+           "boxes": np.asarray(other["boxes"], np.float32).reshape(-1, 4) * scale}
+    for k in _UNION_KEYS:
+        if k in other:
+            out[k] = np.asarray(other[k])
+    if "masks" in other:
+        out["masks"] = resize_masks(other["masks"], h, w)
+    return out
 
 
-def _union(sample: dict, image: np.ndarray, boxes: np.ndarray, labels: np.ndarray) -> dict:
+# Per-target fields that a union of two samples' targets concatenates (when both have them).
+_UNION_KEYS = ("masks", "is_thing", "iscrowd")
+
+
+def _union(sample: dict, image: np.ndarray, other: dict) -> dict:
+    """This sample's non-target fields with ``image`` and the targets of both samples."""
+    if ("masks" in sample) != ("masks" in other):
+        raise ValueError(f"image {sample.get('image_id')}: Mixup/CutMix of a sample with masks "
+                         "and one without")
     out = {k: v for k, v in sample.items() if k not in PER_BOX_KEYS}
     out["image"] = image
     out["boxes"] = np.concatenate([np.asarray(sample["boxes"], np.float32).reshape(-1, 4),
-                                   boxes.astype(np.float32)])
+                                   np.asarray(other["boxes"], np.float32).reshape(-1, 4)])
     out["labels"] = np.concatenate([np.asarray(sample["labels"], np.int32),
-                                    labels.astype(np.int32)])
+                                    np.asarray(other["labels"], np.int32)])
+    for k in _UNION_KEYS:
+        if k in sample and k in other:
+            out[k] = np.concatenate([np.asarray(sample[k]), np.asarray(other[k])])
     return out
 
 
@@ -157,8 +205,7 @@ def mixup(sample: dict, other: dict, rng: np.random.Generator, alpha: float = 1.
     o = _resize_to(other, h, w)
     lam = float(rng.beta(alpha, alpha))
     image = lam * sample["image"].astype(np.float32) + (1 - lam) * o["image"].astype(np.float32)
-    return _union(sample, np.clip(np.rint(image), 0, 255).astype(np.uint8), o["boxes"],
-                  o["labels"])
+    return _union(sample, np.clip(np.rint(image), 0, 255).astype(np.uint8), o)
 
 
 def _random_rect(h: int, w: int, frac: float, rng: np.random.Generator) -> tuple[int, ...]:
@@ -180,12 +227,16 @@ def cutmix(sample: dict, other: dict, rng: np.random.Generator, alpha: float = 1
         return dict(sample)
     image = sample["image"].copy()
     image[y0:y1, x0:x1] = o["image"][y0:y1, x0:x1]
-    kept = select_boxes(sample, covered_fraction(sample["boxes"], (x0, y0, x1, y1)) <= max_covered)
-    inside = covered_fraction(o["boxes"], (x0, y0, x1, y1))
-    pasted = np.clip(o["boxes"], [x0, y0, x0, y0], [x1, y1, x1, y1]).astype(np.float32)
-    ok = (inside >= 1.0 - max_covered) & (pasted[:, 2] > pasted[:, 0]) & (
-        pasted[:, 3] > pasted[:, 1])
-    return _union(kept, image, pasted[ok], o["labels"][ok])
+    rect = (x0, y0, x1, y1)
+    kept = _cut_masks(sample, rect, inside=False)
+    kept = select_boxes(kept, _with_masks(kept, covered_fraction(sample["boxes"], rect)
+                                          <= max_covered))
+    inside = covered_fraction(o["boxes"], rect)
+    o = _cut_masks(o, rect, inside=True)
+    o["boxes"] = np.clip(o["boxes"], [x0, y0, x0, y0], [x1, y1, x1, y1]).astype(np.float32)
+    ok = (inside >= 1.0 - max_covered) & (o["boxes"][:, 2] > o["boxes"][:, 0]) & (
+        o["boxes"][:, 3] > o["boxes"][:, 1])
+    return _union(kept, image, select_boxes(o, _with_masks(o, ok)))
 
 
 def random_erasing(sample: dict, rng: np.random.Generator, scale: tuple[float, float] = (0.02,
@@ -200,9 +251,10 @@ def random_erasing(sample: dict, rng: np.random.Generator, scale: tuple[float, f
     y0, x0 = int(rng.integers(0, h - eh + 1)), int(rng.integers(0, w - ew + 1))
     image = sample["image"].copy()
     image[y0:y0 + eh, x0:x0 + ew] = rng.integers(0, 256, (eh, ew, 3), dtype=np.uint8)
-    out = dict(sample, image=image)
-    covered = covered_fraction(sample["boxes"], (x0, y0, x0 + ew, y0 + eh))
-    return select_boxes(out, covered <= max_covered)
+    rect = (x0, y0, x0 + ew, y0 + eh)
+    out = _cut_masks(dict(sample, image=image), rect, inside=False)
+    covered = covered_fraction(sample["boxes"], rect)
+    return select_boxes(out, _with_masks(out, covered <= max_covered))
 
 
 AugmentFn = Callable[[dict, np.random.Generator, Callable[[], dict]], dict]

@@ -16,6 +16,14 @@ annotations (``iscrowd=1``) are kept out of the training targets (``crowd``) but
 ground truth, where pycocotools treats them as ignore regions.  Images without annotations stay
 (negatives).
 
+Masks (``with_masks=True`` only; otherwise ``segmentation`` is not read): every kept
+annotation's ``segmentation`` (polygons, uncompressed or compressed RLE) is checked without
+rasterising it (detr_jax/data/coco_masks.py) and kept raw in its record, to be decoded when the
+sample is loaded (:meth:`CocoRecord.masks`).  An annotation whose segmentation is missing or bad
+(odd-length polygon, RLE size not the image's, ...) is logged on one line naming the file and
+the annotation id, left out of the targets and the ground truth, and counted
+(``bad_segmentation``).
+
 Labels: ``label_mode="contiguous"`` maps the sorted category ids to 0..K-1
 (``category_ids[label]`` maps back); ``"original"`` uses the category id itself as the label
 (DETR's COCO convention, num_classes = max id + 1, unused ids named ``"N/A"``).
@@ -29,6 +37,8 @@ import os
 from dataclasses import dataclass, field
 
 import numpy as np
+
+from detr_jax.data.coco_masks import decode_masks, segmentation_problem
 
 _log = logging.getLogger(__name__)
 
@@ -53,6 +63,14 @@ class CocoRecord:
     height: int
     boxes: np.ndarray
     labels: np.ndarray
+    segmentations: list | None = None  # raw COCO segmentations [N] (with_masks only)
+
+    def masks(self) -> np.ndarray:
+        """The targets' masks, bool [N, height, width] (records loaded with ``with_masks``)."""
+        if self.segmentations is None:
+            raise ValueError(f"{self.path}: masks requested from annotations loaded without "
+                             "masks (with_masks=False)")
+        return decode_masks(self.segmentations, self.height, self.width)
 
 
 @dataclass
@@ -132,8 +150,11 @@ def load_coco_json(
     label_mode: str = "contiguous",
     categories: tuple[tuple[int, ...], tuple[str, ...], dict[int, int]] | None = None,
     check_files: bool = True,
+    with_masks: bool = False,
 ) -> CocoIndex:
     """Read and check ``ann_path``; image files are ``image_dir/<file_name>``.
+
+    ``with_masks``: check and keep the segmentations too (module docstring).
 
     ``categories``: the mapping to use (e.g. the training file's for the validation file); by
     default it comes from this file's ``categories``.  Raises DataError (module docstring).
@@ -162,7 +183,9 @@ def load_coco_json(
         images[iid] = dict(im, _path=file_path)
 
     counts = {"degenerate": 0, "clipped": 0, "crowd": 0}
-    per_image: dict[int, tuple[list, list]] = {iid: ([], []) for iid in images}
+    if with_masks:
+        counts["bad_segmentation"] = 0
+    per_image: dict[int, tuple[list, list, list]] = {iid: ([], [], []) for iid in images}
     gt_anns: list[dict] = []
     ann_ids: set[int] = set()
     for i, a in enumerate(data["annotations"]):
@@ -197,6 +220,14 @@ def load_coco_json(
             counts["degenerate"] += 1
             continue
         crowd = _int(ann_path, f"annotations[{i}]", a, "iscrowd", 0)
+        if with_masks:
+            problem = (segmentation_problem(a["segmentation"], ih, iw) if "segmentation" in a
+                       else "has no 'segmentation'")
+            if problem is not None:
+                counts["bad_segmentation"] += 1
+                _log.warning("%s: %s; skipped (%d bad segmentation(s) so far)", where, problem,
+                             counts["bad_segmentation"])
+                continue
         gt = dict(a, bbox=[float(box[0]), float(box[1]), float(box[2] - box[0]),
                            float(box[3] - box[1])], iscrowd=crowd)
         gt.setdefault("area", gt["bbox"][2] * gt["bbox"][3])
@@ -206,18 +237,22 @@ def load_coco_json(
             continue
         per_image[iid][0].append(box)
         per_image[iid][1].append(to_label[cid])
+        if with_masks:
+            per_image[iid][2].append(a["segmentation"])
 
     records = []
     for iid, im in images.items():
-        boxes, labels = per_image[iid]
+        boxes, labels, segms = per_image[iid]
         records.append(CocoRecord(
             image_id=iid, path=im["_path"], width=int(im["width"]), height=int(im["height"]),
             boxes=np.asarray(boxes, np.float32).reshape(-1, 4),
-            labels=np.asarray(labels, np.int32).reshape(-1)))
+            labels=np.asarray(labels, np.int32).reshape(-1),
+            segmentations=segms if with_masks else None))
     if any(counts.values()):
         _log.warning("%s: dropped %d boxes with w/h <= 0, clipped %d boxes to their image, kept "
-                     "%d crowd boxes out of the training targets", ann_path,
-                     counts["degenerate"], counts["clipped"], counts["crowd"])
+                     "%d crowd boxes out of the training targets, skipped %d annotations with a "
+                     "bad segmentation", ann_path, counts["degenerate"], counts["clipped"],
+                     counts["crowd"], counts.get("bad_segmentation", 0))
     ground_truth = {
         "info": data.get("info", {}),
         "licenses": data.get("licenses", []),

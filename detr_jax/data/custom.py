@@ -11,6 +11,9 @@ a pure function of (seed, i), so a resumed run and any process count see the sam
 process ``p`` of ``n`` reads only the indices ``i % n == p`` (per-host sharding).  A corrupt or
 truncated image is skipped (the next image of the permutation takes its place), counted and
 logged with its file name, once per file.  Decoding runs in ``num_workers`` threads, in order.
+
+``with_masks``: the annotations' segmentations are checked at load time and decoded into the
+samples' ``masks`` bool [N, H, W] (detr_jax/data/coco_masks.py); off, they are never read.
 """
 
 from __future__ import annotations
@@ -66,10 +69,11 @@ class CocoJsonDataset:
         label_mode: str = "contiguous",
         num_workers: int = 4,
         augment: AugmentFn | None = None,
+        with_masks: bool = False,
     ):
-        self.train = load_coco_json(train_annotations, train_images, label_mode=label_mode)
-        cats = (self.train.category_ids, self.train.class_names, self.train.label_of)
-        self.val = load_coco_json(val_annotations, val_images, categories=cats)
+        self.with_masks = with_masks
+        self.train, self.val = self._load_indexes(train_annotations, train_images,
+                                                  val_annotations, val_images, label_mode)
         if not self.train.records:
             raise DataError(f"{train_annotations}: no images")
         self.seed = seed
@@ -81,6 +85,16 @@ class CocoJsonDataset:
         self._lock = threading.Lock()
         self._val_ok: list[CocoRecord] | None = None
         self._perms: dict[int, np.ndarray] = {}
+
+    def _load_indexes(self, train_annotations: str, train_images: str, val_annotations: str,
+                      val_images: str, label_mode: str) -> tuple[Any, Any]:
+        """(train index, val index); the val file uses the train file's categories."""
+        train = load_coco_json(train_annotations, train_images, label_mode=label_mode,
+                               with_masks=self.with_masks)
+        cats = (train.category_ids, train.class_names, train.label_of)
+        val = load_coco_json(val_annotations, val_images, categories=cats,
+                             with_masks=self.with_masks)
+        return train, val
 
     @property
     def num_classes(self) -> int:
@@ -122,13 +136,16 @@ class CocoJsonDataset:
                          "to the declared size", rec.path, image.shape[1::-1], rec.width,
                          rec.height)
             image = np.asarray(Image.fromarray(image).resize((rec.width, rec.height)))
-        return {
+        sample = {
             "image": image,
             "boxes": rec.boxes.copy(),
             "labels": rec.labels.copy(),
             "image_id": rec.image_id,
             "orig_size": np.array([rec.height, rec.width], np.int32),
         }
+        if self.with_masks:
+            sample["masks"] = rec.masks()
+        return sample
 
     # -- training ------------------------------------------------------------------------
     def _permutation(self, epoch: int) -> np.ndarray:

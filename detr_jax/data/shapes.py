@@ -190,18 +190,16 @@ def _pick_colour(refs: np.ndarray, spec: ShapesSpec, rng: np.random.Generator) -
     return cands[choice]
 
 
-def generate_sample(spec: ShapesSpec, seed: int, index: int, *, stream: int = TRAIN_STREAM) -> dict:
-    """Generate sample ``index`` of the stream ``(seed, stream)``; a pure function of its args.
+def place_objects(
+    spec: ShapesSpec, canvas: np.ndarray, rng: np.random.Generator
+) -> tuple[list[np.ndarray], list[int], list[np.ndarray]]:
+    """Draw ``spec``'s objects onto ``canvas`` (float32 [S, S, 3], modified in place).
 
-    Uses ``np.random.default_rng([seed, index])`` (``[seed, index, stream]`` for a non-zero
-    ``stream``, e.g. ``VAL_STREAM``).  ``seed`` and ``index`` must be >= 0.  Returns the sample
-    dict described in the module docstring (boxes xyxy pixels, masks visible after occlusion).
+    Returns (full boxes float32 [4] xyxy pixels, labels, visible masks bool [S, S]), one entry
+    per drawn object in drawing order (later objects on top).  Used by ``generate_sample`` and
+    by the panoptic variant (detr_jax/data/shapes_panoptic.py).
     """
-    entropy = [seed, index] if stream == TRAIN_STREAM else [seed, index, stream]
-    rng = np.random.default_rng(entropy)
     size = spec.image_size
-    canvas = _background(spec, rng).astype(np.float32)
-
     n_target = int(rng.integers(spec.min_objects, spec.max_objects + 1))
     areas: list[int] = []  # full (pre-occlusion) mask areas
     visible: list[np.ndarray] = []
@@ -249,11 +247,30 @@ def generate_sample(spec: ShapesSpec, seed: int, index: int, *, stream: int = TR
         boxes.append(box)
         labels.append(label)
         colours.append(colour)
+    return boxes, labels, visible
 
-    # Uniform pixel noise with standard deviation noise_std (cheaper than Gaussian).
+
+def add_noise(canvas: np.ndarray, noise_std: float, rng: np.random.Generator) -> np.ndarray:
+    """Uniform pixel noise of standard deviation ``noise_std`` (cheaper than Gaussian) on the
+    float32 canvas [S, S, 3]; returns the uint8 image."""
     noise = rng.random(canvas.shape, dtype=np.float32) - np.float32(0.5)
-    canvas += np.float32(spec.noise_std * math.sqrt(12.0)) * noise
-    image = np.clip(np.rint(canvas), 0, 255).astype(np.uint8)
+    canvas += np.float32(noise_std * math.sqrt(12.0)) * noise
+    return np.clip(np.rint(canvas), 0, 255).astype(np.uint8)
+
+
+def generate_sample(spec: ShapesSpec, seed: int, index: int, *, stream: int = TRAIN_STREAM) -> dict:
+    """Generate sample ``index`` of the stream ``(seed, stream)``; a pure function of its args.
+
+    Uses ``np.random.default_rng([seed, index])`` (``[seed, index, stream]`` for a non-zero
+    ``stream``, e.g. ``VAL_STREAM``).  ``seed`` and ``index`` must be >= 0.  Returns the sample
+    dict described in the module docstring (boxes xyxy pixels, masks visible after occlusion).
+    """
+    entropy = [seed, index] if stream == TRAIN_STREAM else [seed, index, stream]
+    rng = np.random.default_rng(entropy)
+    size = spec.image_size
+    canvas = _background(spec, rng).astype(np.float32)
+    boxes, labels, visible = place_objects(spec, canvas, rng)
+    image = add_noise(canvas, spec.noise_std, rng)
     n = len(boxes)
     return {
         "image": image,

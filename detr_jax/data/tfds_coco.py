@@ -113,6 +113,9 @@ def check_prepared(name: str, data_dir: str) -> None:
 class TfdsCocoDataset:
     """COCO 2017 from TFDS; exposes the dataset interface of ``detr_jax.data``."""
 
+    # TFDS example (numpy) -> untransformed sample; the panoptic variant maps its own features.
+    _to_sample = staticmethod(record_to_sample)
+
     def __init__(
         self,
         data_dir: str = "",
@@ -194,9 +197,9 @@ class TfdsCocoDataset:
         def transform(item: tuple[int, dict, dict]) -> dict:
             index, ex, prev = item
             rng = np.random.default_rng([self.seed, index, 12])
-            sample = record_to_sample(ex)
+            sample = self._to_sample(ex)
             if self.augment is not None:
-                sample = self.augment(sample, rng, lambda: record_to_sample(prev))
+                sample = self.augment(sample, rng, lambda: self._to_sample(prev))
             return detr_train_transform(sample, self.transforms, rng)
 
         return _ordered_map(transform, items(), self.num_workers)
@@ -209,7 +212,7 @@ class TfdsCocoDataset:
             it = self._examples(self.val_split, shuffle=False, repeat=False, take=self.num_val)
             for j, ex in enumerate(it):
                 if j >= start and (j - start) % step == 0:
-                    yield detr_eval_transform(record_to_sample(ex), self.transforms)
+                    yield detr_eval_transform(self._to_sample(ex), self.transforms)
 
         return _StreamedSamples(stream, self.num_val)
 

@@ -6,6 +6,12 @@ size before any transform, never changed here).  Every transform returns a new d
 not modified) whose boxes are xyxy pixels of the new image; extra per-box keys listed in
 ``PER_BOX_KEYS`` (e.g. ``area``, ``iscrowd``) follow the boxes when boxes are dropped.
 
+Masks: an optional ``masks`` bool [N, H, W] (aligned with ``boxes``) follows the image through
+every transform: mirrored by ``hflip``, resized by nearest neighbour at pixel centres
+(:func:`resize_masks`), cropped by ``crop``, which also drops a target whose mask is empty
+inside the window.  ``is_thing`` and ``iscrowd`` [N] follow the boxes.  ``panoptic`` (the ground
+truth for PQ) describes the original image, like ``orig_size``, and is never changed.
+
 ImageNet normalisation and the conversion to normalised cxcywh happen at batching time
 (``detr_jax.data.batching.collate``), so that samples stay uint8 until they are padded.
 
@@ -29,7 +35,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-PER_BOX_KEYS = ("boxes", "labels", "area", "iscrowd")
+PER_BOX_KEYS = ("boxes", "labels", "area", "iscrowd", "masks", "is_thing")
 DETR_SCALES = tuple(range(480, 801, 32))
 
 
@@ -83,7 +89,25 @@ def hflip(sample: dict) -> dict:
     out["boxes"] = np.stack([w - b[:, 2], b[:, 1], w - b[:, 0], b[:, 3]], axis=1).astype(
         np.float32
     )
+    if "masks" in sample:
+        out["masks"] = np.ascontiguousarray(np.asarray(sample["masks"])[:, :, ::-1])
     return out
+
+
+def resize_masks(masks: np.ndarray, height: int, width: int) -> np.ndarray:
+    """Nearest-neighbour resize of bool [N, H, W] masks to bool [N, height, width].
+
+    Output pixel (y, x) takes input pixel (floor((y + 0.5) H / height), floor((x + 0.5) W /
+    width)), in exact integer arithmetic: torch's "nearest-exact" sampling (PIL's NEAREST but
+    for exact ties), so the masks stay aligned with a bilinear-resized image.
+    """
+    masks = np.asarray(masks, dtype=bool)
+    h, w = masks.shape[1:]
+    if (h, w) == (height, width):
+        return masks
+    rows = (2 * np.arange(height, dtype=np.int64) + 1) * h // (2 * height)
+    cols = (2 * np.arange(width, dtype=np.int64) + 1) * w // (2 * width)
+    return masks[:, rows[:, None], cols[None, :]]
 
 
 def resized_hw(h: int, w: int, size: int, max_size: int | None) -> tuple[int, int]:
@@ -136,6 +160,8 @@ def resize(sample: dict, size: int, max_size: int | None = None) -> dict:
     ).astype(np.float32)
     if "area" in sample:
         out["area"] = np.asarray(sample["area"], np.float32) * np.float32(sx * sy)
+    if "masks" in sample:
+        out["masks"] = resize_masks(sample["masks"], nh, nw)
     return out
 
 
@@ -143,7 +169,8 @@ def crop(sample: dict, top: int, left: int, height: int, width: int) -> dict:
     """Crop the window [top, top+height) x [left, left+width) (clamped to the image).
 
     Boxes are shifted, clipped to the window, and dropped when they vanish (zero width or
-    height after clipping), with their labels and other per-box fields.
+    height after clipping), with their labels and other per-box fields; with ``masks``, a target
+    whose mask has no pixel inside the window is dropped too.
     """
     h, w = sample["image"].shape[:2]
     top, left = max(0, int(top)), max(0, int(left))
@@ -156,6 +183,9 @@ def crop(sample: dict, top: int, left: int, height: int, width: int) -> dict:
     b = np.clip(b, 0, np.array([width, height, width, height], np.float32))
     keep = (b[:, 2] > b[:, 0]) & (b[:, 3] > b[:, 1])
     out["boxes"] = b
+    if "masks" in sample:
+        out["masks"] = np.asarray(sample["masks"])[:, top : top + height, left : left + width]
+        keep &= out["masks"].any(axis=(1, 2))
     if "area" in out:  # as the original: area of the clipped box
         out["area"] = ((b[:, 2] - b[:, 0]) * (b[:, 3] - b[:, 1])).astype(np.float32)
     return select_boxes(out, keep)

@@ -101,7 +101,8 @@ def test_truncation_counted():
     assert stats.num_truncated_boxes == 3 and stats.num_degenerate_boxes == 0
     assert batch["box_valid"].sum(axis=1).tolist() == [4, 2]
     assert batch["labels"][0].tolist() == [0, 1, 2, 3]  # first max_boxes kept
-    assert stats.as_dict() == {"num_truncated_boxes": 3, "num_degenerate_boxes": 0}
+    assert stats.as_dict() == {"num_truncated_boxes": 3, "num_degenerate_boxes": 0,
+                               "num_crowd_boxes": 0}
 
 
 def test_clipping_and_degenerate_boxes():
