@@ -54,6 +54,7 @@ class Evaluator:
         self.workdir = workdir
         self.writer = writer
         self.samples = dataset.val_samples()
+        self.with_masks = bool(getattr(dataset, "with_masks", False))
         # Datasets read from COCO files give their own ground truth (crowd, areas as in the file).
         gt_fn = getattr(dataset, "coco_ground_truth", None)
         self.gt = gt_fn() if gt_fn is not None else coco_gt_from_samples(
@@ -82,6 +83,7 @@ class Evaluator:
             batch_size=per_proc,
             buckets=self.config.image_buckets,
             max_boxes=self.config.max_boxes,
+            with_masks=self.with_masks,
         )
         for _ in range(steps):
             batch = next(it, None)
@@ -91,6 +93,7 @@ class Evaluator:
                     buckets=self.config.image_buckets,
                     max_boxes=self.config.max_boxes,
                     batch_size=per_proc,
+                    with_masks=self.with_masks,
                 )
             yield batch[0]
 
