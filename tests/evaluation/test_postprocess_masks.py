@@ -72,10 +72,12 @@ def test_kept_queries_and_no_object():
 
 @pytest.mark.parametrize("overlap, want", [(0.8, [1] * 6 + [0] * 2), (0.3, [1] * 6 + [2] * 2)])
 def test_score_weighted_argmax_and_overlap_threshold(overlap, want):
-    # q0 (score 0.95) covers cols 0..5, q1 (0.85) cols 2..7: q0 wins the overlap; q1 keeps cols
-    # 6..7, 16 of its 48 px (1/3): dropped at overlap 0.8 (VOID there), kept at 0.3.
+    # q0 (score 0.95, mask prob 0.953) covers cols 0..5, q1 (0.85, 0.982) cols 2..7: q0 wins the
+    # overlap by score * prob (0.905 > 0.835; by prob alone q1 would); q1 keeps cols 6..7, 16 of
+    # its 48 px (1/3): dropped at overlap 0.8 (VOID there), kept at 0.3.
     logits = _class_logits((0, 0.95), (1, 0.85))
     masks = _masks((ALL, slice(0, 6)), (ALL, slice(2, 8)))
+    masks[0, 0, :, :6] = 3.0
     out = _panoptic(logits, masks, overlap=overlap)
     np.testing.assert_array_equal(out["ids"], _cols(want))
 
