@@ -12,6 +12,7 @@ cross-attention [Q, h*w] and the last encoder layer's self-attention [h*w, h*w].
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from functools import partial
 from typing import Any
 
 import flax.traverse_util
@@ -22,18 +23,24 @@ from detr_jax.core.compile_options import step_compiler_options
 from detr_jax.data.batching import collate
 from detr_jax.data.transforms import resize_image
 from detr_jax.evaluation.postprocess import postprocess, postprocess_sigmoid
+from detr_jax.evaluation.postprocess_masks import postprocess_panoptic, postprocess_segm
 from detr_jax.models import build_model, variable_shapes
 from detr_jax.pretrained import load_params_checkpoint
 from detr_jax.transfer import merge_pretrained
 
 # name -> fn(pred_logits [B, Q, C+1], pred_boxes [B, Q, 4] normalised cxcywh, orig_size [B, 2]
 # (h, w), top_k) of the last decoder layer -> dict of [B, K, ...] arrays (facebookresearch/detr's
-# `postprocessors` dict; "segm" / "panoptic" come later).
-POSTPROCESSORS: dict[str, Callable[..., dict[str, jax.Array]]] = {"bbox": postprocess}
+# `postprocessors` dict). The MASK_POSTPROCESSORS also get `pred_masks=` (the last layer's
+# [B, Q, h, w] mask logits) and `pixel_mask=` (evaluation/postprocess_masks.py).
+POSTPROCESSORS: dict[str, Callable[..., dict[str, jax.Array]]] = {
+    "bbox": postprocess, "segm": postprocess_segm, "panoptic": postprocess_panoptic}
 # The same names for sigmoid heads (pred_logits [B, Q, C], no no-object column), chosen when the
 # model's heads declare `class_activation = "sigmoid"` (Deformable DETR).
 SIGMOID_POSTPROCESSORS: dict[str, Callable[..., dict[str, jax.Array]]] = {
-    "bbox": postprocess_sigmoid}
+    "bbox": postprocess_sigmoid,
+    "segm": partial(postprocess_segm, activation="sigmoid", mode="pairs"),
+    "panoptic": partial(postprocess_panoptic, activation="sigmoid")}
+MASK_POSTPROCESSORS = ("segm", "panoptic")
 
 
 def class_activation(model: Any) -> str:
@@ -60,6 +67,8 @@ def make_predict_fn(
       postprocessors: names in `POSTPROCESSORS`, each run on the last decoder layer. For
         heads with `class_activation == "sigmoid"` the name maps to `SIGMOID_POSTPROCESSORS`
         ("bbox": `postprocess_sigmoid`), otherwise to `POSTPROCESSORS` ("bbox": `postprocess`).
+        "segm" / "panoptic" (evaluation/postprocess_masks.py) also read the last layer's
+        `pred_masks` and the batch's `pixel_mask`.
       intermediates: also return the sown intermediates (attention weights).
 
     `variables`: {"params": ..., "batch_stats": ... (only when the backbone has any)}.
@@ -92,10 +101,19 @@ def make_predict_fn(
         else:
             outputs = model.apply(variables, batch["image"], batch["pixel_mask"], train=False)
         logits, boxes = outputs["pred_logits"][-1], outputs["pred_boxes"][-1]
-        predictions = {n: fn(logits, boxes, batch["orig_size"], top_k) for n, fn in fns.items()}
+        predictions = {n: fn(logits, boxes, batch["orig_size"], top_k, **_mask_inputs(
+            n, outputs, batch)) for n, fn in fns.items()}
         return predictions, outputs
 
     return predict_fn
+
+
+def _mask_inputs(name: str, outputs: dict, batch: dict) -> dict:
+    if name not in MASK_POSTPROCESSORS:
+        return {}
+    if "pred_masks" not in outputs:
+        raise ValueError(f"postprocessor {name!r} needs outputs['pred_masks'] (a mask head)")
+    return {"pred_masks": outputs["pred_masks"][-1], "pixel_mask": batch["pixel_mask"]}
 
 
 def load_for_inference(config: Any, checkpoint: str) -> tuple[Any, dict]:

@@ -178,7 +178,7 @@ def test_predict_fn_picks_the_postprocessor_of_the_heads(heads, want):
 
 
 def test_sigmoid_postprocessors_have_the_same_names():
-    assert set(SIGMOID_POSTPROCESSORS) == set(POSTPROCESSORS) == {"bbox"}
+    assert set(SIGMOID_POSTPROCESSORS) == set(POSTPROCESSORS) == {"bbox", "segm", "panoptic"}
     assert class_activation(object()) == "softmax"  # no heads at all
     with pytest.raises(ValueError, match="unknown postprocessors"):
         make_predict_fn(_FakeModel(_SigmoidHeads()), top_k=5, postprocessors=("segm_nope",))

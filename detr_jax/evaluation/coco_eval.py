@@ -36,7 +36,8 @@ from detr_jax.core import fileio
 METRIC_NAMES: tuple[str, ...] = (
     "AP", "AP50", "AP75", "APs", "APm", "APl", "AR1", "AR10", "AR100",
 )
-"""Names of ``COCOeval.stats[:9]`` for the bbox task, in order."""
+"""Names of ``COCOeval.stats[:9]`` for the bbox and segm tasks, in order."""
+IOU_TYPES = ("bbox", "segm")
 
 _log = logging.getLogger(__name__)
 
@@ -184,16 +185,32 @@ def _coco_from_dict(gt: dict) -> COCO:
     return coco
 
 
-def coco_evaluate_with_log(gt: dict, predictions: list[dict]) -> tuple[dict[str, float], str]:
+def coco_evaluate_with_log(
+    gt: dict, predictions: list[dict], iou_type: str = "bbox"
+) -> tuple[dict[str, float], str]:
     """Like :func:`coco_evaluate`, also returning pycocotools' printed summary text."""
+    if iou_type not in IOU_TYPES:
+        raise ValueError(f"iou_type must be one of {IOU_TYPES}, got {iou_type!r}")
+    if iou_type == "segm":
+        bad = [a.get("id") for a in gt.get("annotations", []) if "segmentation" not in a]
+        if bad:
+            raise ValueError(f"iou_type='segm': ground-truth annotations {bad[:5]} have no "
+                             "'segmentation' (polygons or RLE)")
+        if any("segmentation" not in p for p in predictions):
+            raise ValueError("iou_type='segm': every prediction needs a 'segmentation' RLE")
     if not predictions or not gt.get("images"):
         return {k: 0.0 for k in METRIC_NAMES}, "no predictions: all metrics set to 0"
     out = io.StringIO()
     with contextlib.redirect_stdout(out):
         coco_gt = _coco_from_dict(gt)
-        # loadRes mutates its input (adds area/id/segmentation): give it a copy.
-        coco_dt = coco_gt.loadRes(copy.deepcopy(predictions))
-        evaluator = COCOeval(coco_gt, coco_dt, iouType="bbox")
+        # loadRes mutates its input (adds area/id/segmentation): give it a copy. For segm it takes
+        # the area (small/medium/large) from the mask only when the results have no "bbox".
+        dets = copy.deepcopy(predictions)
+        if iou_type == "segm":
+            for d in dets:
+                d.pop("bbox", None)
+        coco_dt = coco_gt.loadRes(dets)
+        evaluator = COCOeval(coco_gt, coco_dt, iouType=iou_type)
         evaluator.evaluate()
         evaluator.accumulate()
         evaluator.summarize()
@@ -201,13 +218,16 @@ def coco_evaluate_with_log(gt: dict, predictions: list[dict]) -> tuple[dict[str,
     return metrics, out.getvalue()
 
 
-def coco_evaluate(gt: dict, predictions: list[dict]) -> dict[str, float]:
-    """COCO bbox metrics of ``predictions`` against the ground-truth dict ``gt``.
+def coco_evaluate(gt: dict, predictions: list[dict], iou_type: str = "bbox") -> dict[str, float]:
+    """COCO bbox (or mask) metrics of ``predictions`` against the ground-truth dict ``gt``.
 
     Args:
       gt: COCO ground-truth dict (e.g. from :func:`coco_gt_from_samples` or a loaded
-        official annotation file).
-      predictions: COCO results list (:func:`predictions_to_coco`); not modified.
+        official annotation file); ``iou_type="segm"`` needs a ``segmentation`` (polygons or
+        RLE) in every annotation.
+      predictions: COCO results list (:func:`predictions_to_coco`, or
+        ``coco_mask_eval.mask_predictions_to_coco`` with RLE ``segmentation``); not modified.
+      iou_type: ``"bbox"`` or ``"segm"`` (pycocotools' ``iouType``).
 
     Returns:
       ``{AP, AP50, AP75, APs, APm, APl, AR1, AR10, AR100}`` as floats (``COCOeval.stats``).
@@ -215,8 +235,8 @@ def coco_evaluate(gt: dict, predictions: list[dict]) -> dict[str, float]:
       is undefined (no ground truth in that area range). Only the 100 best detections per
       image are used (pycocotools' ``maxDets``).
     """
-    metrics, text = coco_evaluate_with_log(gt, predictions)
-    _log.debug("COCO eval summary:\n%s", text)
+    metrics, text = coco_evaluate_with_log(gt, predictions, iou_type)
+    _log.debug("COCO %s eval summary:\n%s", iou_type, text)
     return metrics
 
 
@@ -270,6 +290,8 @@ class CocoEvaluator:
         metrics = ev.compute()
     """
 
+    iou_type = "bbox"  # pycocotools' iouType of `compute`
+
     def __init__(
         self, gt: dict, category_ids: Sequence[int], score_threshold: float = 0.0
     ) -> None:
@@ -311,6 +333,7 @@ class CocoEvaluator:
         return self._predictions
 
     def compute(self) -> dict[str, float]:
-        """COCO bbox metrics (see :func:`coco_evaluate`); the summary text goes to ``summary``."""
-        metrics, self.summary = coco_evaluate_with_log(self.gt, self._predictions)
+        """COCO metrics of ``iou_type`` (see :func:`coco_evaluate`); the summary text goes to
+        ``summary``."""
+        metrics, self.summary = coco_evaluate_with_log(self.gt, self._predictions, self.iou_type)
         return metrics
