@@ -138,6 +138,9 @@ def base_config() -> ml_collections.ConfigDict:
     e.top_k = 100
     e.num_images_to_draw = 8
     e.draw_score_threshold = 0.5
+    # What evaluation scores: "bbox" (COCO box AP), "segm" (COCO mask AP), "panoptic" (PQ, SQ,
+    # RQ; the COCO panoptic files in the workdir). Mask ones need a mask head and data.with_masks.
+    e.postprocessors = ("bbox",)
     e.annotations_file = ""  # coco: official instances_val2017.json (else GT built from tfds)
 
     s = c.shapes = ml_collections.ConfigDict()  # dataset="shapes" or "shapes_panoptic"

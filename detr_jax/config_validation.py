@@ -40,6 +40,21 @@ def workdir_problem(workdir: str) -> str | None:
     return None
 
 
+def _check_postprocessors(config: Any, need: Any) -> None:
+    """`eval.postprocessors`: known names, "bbox" first, masks only with masks in the data."""
+    names = tuple(config.eval.get("postprocessors", ("bbox",)))
+    known = ("bbox", "segm", "panoptic")
+    need(bool(names) and names[0] == "bbox" and all(n in known for n in names),
+         f"eval.postprocessors={names!r}: start with 'bbox', then any of {known[1:]}")
+    if any(n in names for n in known[1:]):
+        need(bool(config.get("data", {}).get("with_masks", False)),
+             f"eval.postprocessors={names!r} scores masks: set data.with_masks=True")
+    if "panoptic" in names:
+        need(config.dataset in ("shapes_panoptic", "coco", "custom"),
+             f"eval.postprocessors has 'panoptic' but dataset={config.dataset!r} has no "
+             "panoptic ground truth")
+
+
 def validate_config(config: Any, num_devices: int, workdir: str | None = None) -> None:
     """Raises ConfigError listing every invalid field of `config` (one line each).
 
@@ -72,6 +87,7 @@ def validate_config(config: Any, num_devices: int, workdir: str | None = None) -
         value = _get(config, field)
         need(isinstance(value, int) and value >= 0, f"{field}={value!r} must be an integer >= 0")
     need(config.optim.lr > 0, f"optim.lr={config.optim.lr} must be > 0")
+    _check_postprocessors(config, need)
     errors += ema.problems(config)
     need(
         isinstance(config.get("xla_cpu_ynnpack", False), bool),

@@ -176,15 +176,19 @@ def train_step(
 
 
 def eval_step(state, batch, *, predict_fn, criterion):
-    """`predict_fn`'s "bbox" predictions for a batch (pixels of each original image) and the eval
-    losses on its raw outputs, with `eval_params(state)` (the EMA params when it has them)."""
+    """`predict_fn`'s "bbox" predictions for a batch (pixels of each original image, with the
+    batch's `image_id`, `image_valid`, `orig_size`; the mask postprocessors' outputs under their
+    names, "segm" / "panoptic") and the eval losses on its raw outputs, with `eval_params(state)`
+    (the EMA params when it has them)."""
     variables = {"params": eval_params(state)}
     if state.batch_stats:
         variables["batch_stats"] = state.batch_stats
     predictions, outputs = predict_fn(variables, batch)
     valid_q = jnp.broadcast_to(batch["image_valid"][:, None], outputs["pred_logits"].shape[1:3])
     _, metrics = criterion(outputs, batch, query_valid=valid_q)
-    post = dict(predictions["bbox"], image_id=batch["image_id"], image_valid=batch["image_valid"])
+    post = dict(predictions["bbox"], image_id=batch["image_id"], image_valid=batch["image_valid"],
+                orig_size=batch["orig_size"])
+    post.update({name: p for name, p in predictions.items() if name != "bbox"})
     return post, metrics
 
 
@@ -230,7 +234,9 @@ def make_steps(config, model, tx, schedule, mesh, state):
     p_eval = jax.jit(
         functools.partial(
             eval_step,
-            predict_fn=make_predict_fn(model, top_k=eval_top_k(config, model)),
+            predict_fn=make_predict_fn(
+                model, top_k=eval_top_k(config, model),
+                postprocessors=tuple(config.eval.get("postprocessors", ("bbox",)))),
             criterion=criterion,
         ),
         in_shardings=(state_sharding, data_sharding),

@@ -21,6 +21,7 @@ from detr_jax.core.distributed import agree_on_buckets
 from detr_jax.core.sharding import to_global
 from detr_jax.data.batching import batch_iterator, collate
 from detr_jax.evaluation.coco_eval import CocoEvaluator, coco_gt_from_samples, write_eval_files
+from detr_jax.evaluation.mask_scoring import MaskScoring
 from detr_jax.evaluation.visualize import draw_detections, image_grid, save_png
 
 
@@ -59,6 +60,10 @@ class Evaluator:
         gt_fn = getattr(dataset, "coco_ground_truth", None)
         self.gt = gt_fn() if gt_fn is not None else coco_gt_from_samples(
             self.samples, dataset.category_ids, dataset.class_names)
+        names = tuple(config.eval.get("postprocessors", ("bbox",)))
+        self.masks = (MaskScoring(names, dataset, self.samples, self.gt,
+                                  num_keep=config.eval.num_images_to_draw)
+                      if any(n in names for n in ("segm", "panoptic")) else None)
         if config.eval.batch_size % jax.process_count():
             raise ValueError(
                 f"eval.batch_size={config.eval.batch_size} is not divisible by the process count "
@@ -100,22 +105,30 @@ class Evaluator:
     def run(self, state: Any, step: int, write_files: bool = True, draw: bool = False) -> dict:
         """Evaluates `state`; returns {'AP': ..., 'AP50': ..., ..., 'loss': ...}."""
         coco = CocoEvaluator(self.gt, self.dataset.category_ids)
+        writes = write_files and jax.process_index() == 0
+        if self.masks is not None:
+            self.masks.start(self.workdir if writes else None)
         loss_sums: dict[str, float] = {}
         n_batches = 0
         for batch in self._local_batches():
             post, metrics = self.eval_fn(state, to_global(batch, self.sharding))
             post = jax.device_get(post)
             coco.add_batch(post, post)
+            if self.masks is not None:
+                self.masks.add(post)
             for k, v in jax.device_get(metrics).items():
                 loss_sums[k] = loss_sums.get(k, 0.0) + float(v)
             n_batches += 1
         results = coco.compute()
+        if self.masks is not None:
+            results.update(self.masks.compute(self.dataset.class_names))
         results.update(
             {
                 f"{k}": v / max(n_batches, 1)
                 for k, v in loss_sums.items()
                 if k
-                in ("loss", "loss_ce", "loss_bbox", "loss_giou", "class_error", "cardinality_error")
+                in ("loss", "loss_ce", "loss_bbox", "loss_giou", "loss_mask", "loss_dice",
+                    "class_error", "cardinality_error")
             }
         )
         if jax.process_index() == 0:
@@ -162,3 +175,8 @@ class Evaluator:
         save_png(os.path.join(self.workdir, "eval_images.png"), grid)
         if self.writer is not None:
             self.writer.write_images(step, {"eval/detections": grid})
+        panoptic = self.masks.panoptic_picture(self.samples[:n]) if self.masks else None
+        if panoptic is not None:  # predicted | true panoptic maps, side by side
+            save_png(os.path.join(self.workdir, "eval_panoptic.png"), panoptic)
+            if self.writer is not None:
+                self.writer.write_images(step, {"eval/panoptic": panoptic})
