@@ -228,3 +228,17 @@ def test_query_groups_fold_pred_masks():
         want = 0.5 * (float(halves[0][name]) + float(halves[1][name]))
         np.testing.assert_allclose(float(grouped[name]), want, rtol=1e-5)
     assert float(halves[0]["loss_mask"]) != float(halves[1]["loss_mask"])
+
+
+def test_mask_terms_skip_encoder_proposals_without_masks():
+    """Two-stage proposals (enc_outputs without pred_masks) get no `loss_mask_enc`; the decoder
+    layers' mask losses are unchanged by them."""
+    outputs, batch = make_problem(seed=8, num_layers=1)
+    rng = np.random.default_rng(8)
+    enc = {"pred_logits": rng.normal(size=(2, 12, NUM_CLASSES)).astype(np.float32),
+           "pred_boxes": np.full((2, 12, 4), 0.3, np.float32)}
+    c = criterion("masks_full", {}, costs={"bbox": 5.0, "giou": 2.0})
+    _, with_enc = jax.jit(lambda o, b: c(o, b))(dict(outputs, enc_outputs=enc), batch)
+    _, without = jax.jit(lambda o, b: c(o, b))(outputs, batch)
+    assert "loss_mask_enc" not in with_enc and "loss_dice_enc" not in with_enc
+    np.testing.assert_allclose(float(with_enc["loss_mask"]), float(without["loss_mask"]))
