@@ -10,7 +10,9 @@ Softmax heads ([.., C+1] logits) use `labels`, sigmoid heads ([.., C], Deformabl
 With two-stage encoder proposals (`outputs["enc_outputs"]`) every matched term also returns
 `<loss>_enc` (criterion.py). `denoising` supervises DINO's denoising queries
 (`outputs["dn_outputs"]`, `dn_meta`) by their fixed ground truth: `loss_ce_dn`, `loss_bbox_dn`,
-`loss_giou_dn` (denoising.py).
+`loss_giou_dn` (denoising.py). `masks` (Mask2Former, on sampled points) and `masks_full`
+(DETR segm, full masks) return `loss_mask` and `loss_dice` from `outputs["pred_masks"]` and
+`batch["masks"]` (masks.py).
 """
 
 from __future__ import annotations
@@ -25,17 +27,20 @@ from detr_jax.losses.denoising import DN_LOSSES, denoising_term
 from detr_jax.losses.dense import dense_term
 from detr_jax.losses.focal import focal_labels_term
 from detr_jax.losses.labels import cardinality_term, labels_term
+from detr_jax.losses.masks import MASK_LOSSES, masks_full_term, masks_term
 from detr_jax.losses.targets import Targets
 from detr_jax.matching import get_matcher
 
 
 class LossTerm(NamedTuple):
     """A registered term: its function, whether it is applied per decoder layer to matched
-    targets, and the names of what it returns (checked against `loss.weights` at start-up)."""
+    targets, the names of what it returns (checked against `loss.weights` at start-up), and
+    whether it reads `pred_masks` (skipped on encoder proposals without masks)."""
 
     fn: Callable
     needs_matching: bool
     outputs: tuple[str, ...]
+    needs_masks: bool = False
 
 
 LOSS_TERMS: dict[str, LossTerm] = {
@@ -45,6 +50,8 @@ LOSS_TERMS: dict[str, LossTerm] = {
     "cardinality": LossTerm(cardinality_term, True, ("cardinality_error",)),
     "dense": LossTerm(dense_term, False, ("loss_dense",)),
     "denoising": LossTerm(denoising_term, False, DN_LOSSES),
+    "masks": LossTerm(masks_term, True, MASK_LOSSES, needs_masks=True),
+    "masks_full": LossTerm(masks_full_term, True, MASK_LOSSES, needs_masks=True),
 }
 
 

@@ -28,6 +28,17 @@ original's `bin_targets`: proposals are class-agnostic foreground), or, with
 `encoder_class_agnostic=False`, against the real labels (DINO's `interm_outputs` loss, a
 per-pixel class signal on the encoder). Their losses are named `<loss>_enc` and weighted by
 `weights[<loss>]`.
+
+Masks (docs/interfaces.md "Segmentation"): `pred_masks` [L_m, B, Q, h, w] ride along with the
+layers (cut to the last with `aux_loss` off, folded like the other predictions with Group DETR
+groups, `batch["masks"]` tiled with the targets); mask models still give `pred_boxes` (MaskFormer
+derives them from its masks), so the criterion keeps requiring them. Matching costs that read
+masks (`mask`, `dice`: `matching.cost_terms.cost_term_inputs`) are computed one layer at a time
+(`lax.map`: [B, Q, num_points] samples per layer, not L times that), need `pred_masks` on every
+matched layer, and draw their points from `batch["loss_rng"]` (stream 1 of
+`losses.masks.loss_rng`), a different key per layer; the cost of all layers then goes to the
+matcher in one call. Mask loss terms (registered with `needs_masks`) are skipped on two-stage
+encoder proposals that have no `pred_masks`.
 """
 
 from __future__ import annotations
@@ -39,8 +50,10 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 
+from detr_jax.losses.masks import loss_rng
 from detr_jax.losses.targets import Targets
 from detr_jax.matching.base import Matcher, match_to_query_targets
+from detr_jax.matching.cost_terms import COST_TERMS, cost_term_inputs
 from detr_jax.matching.costs import matching_cost
 from detr_jax.models.queries.groups import fold_query_groups
 
@@ -58,6 +71,26 @@ def _last_layer(outputs: dict) -> dict:
     if outputs.get("dn_outputs") is not None:
         cut["dn_outputs"] = {k: v[-1:] for k, v in outputs["dn_outputs"].items()}
     return dict(outputs, **cut)
+
+
+def _fold_mask_groups(outputs: dict, folded: dict, batch: dict, tiled: dict,
+                      num_groups: int) -> tuple[dict, dict]:
+    """`fold_query_groups` for `pred_masks` [L, B, K*Q, h, w] -> [L, K*B, Q, h, w] (group-major,
+    as the other predictions) and the batch's `masks` / `is_thing` tiled K times."""
+    if num_groups == 1 or outputs.get("pred_masks") is None:
+        return folded, tiled
+    x = outputs["pred_masks"]
+    num_layers, bsz, total = x.shape[:3]
+    if total % num_groups:
+        raise ValueError(f"pred_masks has {total} queries, not a multiple of {num_groups} groups")
+    x = x.reshape((num_layers, bsz, num_groups, total // num_groups) + x.shape[3:])
+    x = x.transpose((0, 2, 1) + tuple(range(3, x.ndim)))
+    folded = dict(folded, pred_masks=x.reshape((num_layers, num_groups * bsz) + x.shape[3:]))
+    tiled = dict(tiled)
+    for key in ("masks", "is_thing"):
+        if batch.get(key) is not None:
+            tiled[key] = jnp.concatenate([batch[key]] * num_groups, axis=0)
+    return folded, tiled
 
 
 class Criterion:
@@ -95,17 +128,49 @@ class Criterion:
         self.matcher, self.costs, self.aux_loss = matcher, dict(costs), aux_loss
         self.num_classes = num_classes
         self.encoder_class_agnostic = bool(encoder_class_agnostic)
+        # Matching costs that read masks, and loss terms that do (skipped without pred_masks on
+        # encoder proposals).
+        self.mask_costs = [n for n in self.costs if n in COST_TERMS and cost_term_inputs(n)]
+        self.mask_terms = {n for n in terms if getattr(term_fns[n], "needs_masks", False)}
 
-    def _match(self, logits, boxes, gt_labels, gt_boxes, gt_valid, query_valid):
-        """One matcher call for all layers: [L, B, Q, *] predictions -> match [L, B, G]."""
+    def _match(self, logits, boxes, gt_labels, gt_boxes, gt_valid, query_valid, masks=None):
+        """One matcher call for all layers: [L, B, Q, *] predictions -> match [L, B, G].
+
+        `masks` (for mask costs): (pred_masks [L, B, Q, h, w], gt masks [B, G, H, W], rng).
+        """
         num_layers, batch = logits.shape[:2]
         tile = lambda x: _flatten_layers(jnp.broadcast_to(x, (num_layers,) + x.shape))
-        cost = matching_cost(
-            _flatten_layers(logits), _flatten_layers(boxes), tile(gt_labels), tile(gt_boxes),
-            tile(gt_valid), self.costs, query_valid=tile(query_valid),
-        )  # [L*B, Q, G]
+        if self.mask_costs:
+            cost = self._mask_cost(logits, boxes, gt_labels, gt_boxes, gt_valid, query_valid,
+                                   masks)
+        else:
+            cost = matching_cost(
+                _flatten_layers(logits), _flatten_layers(boxes), tile(gt_labels),
+                tile(gt_boxes), tile(gt_valid), self.costs, query_valid=tile(query_valid),
+            )  # [L*B, Q, G]
         match = self.matcher(cost, tile(gt_valid))
         return match.reshape(num_layers, batch, gt_labels.shape[-1]).astype(jnp.int32)
+
+    def _mask_cost(self, logits, boxes, gt_labels, gt_boxes, gt_valid, query_valid, masks):
+        """The [L*B, Q, G] cost with mask terms, one layer at a time (lax.map)."""
+        pred_masks, gt_masks, rng = (None, None, None) if masks is None else masks
+        if pred_masks is None or gt_masks is None:
+            raise ValueError(f"matcher.costs {self.mask_costs} need outputs['pred_masks'] and "
+                             "batch['masks'] (two-stage encoder proposals have no masks)")
+        if pred_masks.shape[:3] != logits.shape[:3]:
+            raise ValueError(f"matcher.costs {self.mask_costs} need pred_masks on every matched "
+                             f"layer: [L, B, Q, h, w] with [L, B, Q] = {logits.shape[:3]}, got "
+                             f"{pred_masks.shape} (DETR's mask head predicts only the last "
+                             "layer: match it by boxes)")
+        keys = jax.vmap(lambda i: jax.random.fold_in(rng, i))(jnp.arange(logits.shape[0]))
+
+        def layer(args):
+            lg, bx, pm, key = args
+            return matching_cost(lg, bx, gt_labels, gt_boxes, gt_valid, self.costs,
+                                 query_valid=query_valid, pred_masks=pm, gt_masks=gt_masks,
+                                 rng=key)
+
+        return _flatten_layers(jax.lax.map(layer, (logits, boxes, pred_masks, keys)))
 
     def targets(self, outputs: dict, batch: dict, query_valid: jax.Array | None = None,
                 match: jax.Array | None = None) -> Targets:
@@ -121,7 +186,10 @@ class Criterion:
         qv = (jnp.ones((bsz, num_q), bool) if query_valid is None
               else jnp.asarray(query_valid, bool))
         if match is None:
-            match = self._match(logits, boxes, gt_labels, gt_boxes, gt_valid, qv)
+            masks = None
+            if self.mask_costs:
+                masks = (outputs.get("pred_masks"), batch.get("masks"), loss_rng(batch, 1))
+            match = self._match(logits, boxes, gt_labels, gt_boxes, gt_valid, qv, masks)
         match = jax.lax.stop_gradient(match)
         tile = lambda x: _flatten_layers(jnp.broadcast_to(x, (num_layers,) + x.shape))
         # The no-object index is C for both kinds of logits: the last of C + 1 softmax logits,
@@ -159,14 +227,16 @@ class Criterion:
             raise ValueError(f"expected enc_outputs pred_logits [B,N,C] and pred_boxes [B,N,4], "
                              f"got {logits.shape[1:]} and {boxes.shape[1:]}")
         layer = {"pred_logits": logits, "pred_boxes": boxes}
+        if enc_outputs.get("pred_masks") is not None:
+            layer["pred_masks"] = jnp.asarray(enc_outputs["pred_masks"], jnp.float32)[None]
         enc_batch = batch
         if self.encoder_class_agnostic:
             labels = jnp.zeros_like(jnp.asarray(batch["labels"], jnp.int32))
             enc_batch = dict(batch, labels=labels)
         t = self.targets(layer, enc_batch, enc_outputs.get("query_valid"))
         values: dict[str, jax.Array] = {}
-        for (fn, needs_matching), settings in self.terms.values():
-            if needs_matching:
+        for name, ((fn, needs_matching), settings) in self.terms.items():
+            if needs_matching and (name not in self.mask_terms or "pred_masks" in layer):
                 values.update(fn(layer, enc_batch, t, **settings))
         return {f"{k}_enc": (v[-1] if v.ndim == 1 else v) for k, v in values.items()}
 
@@ -183,8 +253,10 @@ class Criterion:
         (`outputs["num_query_groups"]` K > 1) each group is matched on its own and the losses
         are averaged over the groups (so are the logged errors).
         """
-        set_outputs, set_batch = fold_query_groups(
-            outputs, batch, int(outputs.get("num_query_groups", 1)))
+        num_groups = int(outputs.get("num_query_groups", 1))
+        set_outputs, set_batch = fold_query_groups(outputs, batch, num_groups)
+        set_outputs, set_batch = _fold_mask_groups(outputs, set_outputs, batch, set_batch,
+                                                   num_groups)
         logits = jnp.asarray(set_outputs["pred_logits"], jnp.float32)
         boxes = jnp.asarray(set_outputs["pred_boxes"], jnp.float32)
         if logits.ndim != 4 or boxes.shape != logits.shape[:3] + (4,):
@@ -198,6 +270,12 @@ class Criterion:
         if not self.aux_loss:
             logits, boxes = logits[-1:], boxes[-1:]
         layered = dict(set_outputs, pred_logits=logits, pred_boxes=boxes)
+        if set_outputs.get("pred_masks") is not None:
+            masks = jnp.asarray(set_outputs["pred_masks"], jnp.float32)
+            if masks.ndim != 5 or masks.shape[1:3] != logits.shape[1:3]:
+                raise ValueError(f"expected pred_masks [L, B, Q, h, w] with [B, Q] = "
+                                 f"{logits.shape[1:3]}, got {masks.shape}")
+            layered["pred_masks"] = masks if self.aux_loss else masks[-1:]
         if match is not None:
             match = jnp.asarray(match, jnp.int32)
             match = match[None] if match.ndim == 2 else match

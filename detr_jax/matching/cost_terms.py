@@ -11,8 +11,13 @@ Every term has the signature ``fn(pred_logits, pred_boxes, gt_labels, gt_boxes, 
 * ``**kw``: the term's keyword-only settings (:func:`cost_term_settings`);
 
 and returns the [B, Q, G] float32 cost of matching query ``q`` to slot ``g`` (lower is
-better). Terms know nothing about padding: :func:`detr_jax.matching.costs.matching_cost`
-weights and sums them, cuts gradients and applies ``gt_valid`` / ``query_valid``.
+better). Mask terms (``mask``, ``dice``) also declare the keyword-only inputs of
+:data:`MASK_INPUTS` (``pred_masks`` [B, Q, h, w] mask logits at stride 4 of the padded canvas,
+``gt_masks`` [B, G, H, W] 0/1 masks on that canvas, ``rng`` a PRNG key), which
+:func:`~detr_jax.matching.costs.matching_cost` passes to the terms that declare them; they are
+inputs, not settings. Terms know nothing about padding:
+:func:`detr_jax.matching.costs.matching_cost` weights and sums them, cuts gradients and
+applies ``gt_valid`` / ``query_valid``.
 """
 
 from __future__ import annotations
@@ -24,6 +29,7 @@ import jax
 import jax.numpy as jnp
 
 from detr_jax.ops.box_ops import box_cxcywh_to_xyxy, pairwise_giou
+from detr_jax.ops.point_sample import point_sample, stride_scale
 
 CostTerm = Callable[..., jnp.ndarray]
 
@@ -112,12 +118,98 @@ def giou_cost(
     return -pairwise_giou(box_cxcywh_to_xyxy(boxes), box_cxcywh_to_xyxy(tgt))
 
 
+def matching_points(rng: jax.Array, batch_size: int, num_points: int) -> jax.Array:
+    """float32 [B, P, 2]: the uniform (x, y) points in [0, 1) of the canvas shared by all
+    queries and targets of each image (Mask2Former's matcher), from ``rng``."""
+    if int(num_points) != num_points or num_points < 1:
+        raise ValueError(f"matcher.costs mask/dice: num_points must be an integer >= 1, got "
+                         f"{num_points!r}")
+    return jax.random.uniform(rng, (batch_size, int(num_points), 2), jnp.float32)
+
+
+def sampled_masks(pred_masks: jnp.ndarray, gt_masks: jnp.ndarray, rng: jax.Array,
+                  num_points: int) -> tuple[jnp.ndarray, jnp.ndarray]:
+    """Predicted logits [B, Q, P] and ground truth [B, G, P] (float 0/1) at
+    :func:`matching_points`: the canvas points read the stride-4 logits at the same canvas
+    position (``ops.point_sample.stride_scale``; the same normalised point when the canvas is a
+    multiple of 4, as Mask2Former's)."""
+    pred = jnp.asarray(pred_masks, jnp.float32)
+    gt = jnp.asarray(gt_masks)
+    if pred.ndim != 4 or gt.ndim != 4 or gt.shape[0] != pred.shape[0]:
+        raise ValueError(f"mask costs expect pred_masks [B, Q, h, w] and gt_masks [B, G, H, W], "
+                         f"got {pred.shape} and {gt.shape}")
+    points = matching_points(rng, pred.shape[0], num_points)
+    scale = stride_scale(pred.shape[-2:], gt.shape[-2:])
+    return point_sample(pred, points * scale), point_sample(gt, points)
+
+
+def mask_cost(
+    pred_logits: jnp.ndarray,
+    pred_boxes: jnp.ndarray,
+    gt_labels: jnp.ndarray,
+    gt_boxes: jnp.ndarray,
+    *,
+    pred_masks: jnp.ndarray,
+    gt_masks: jnp.ndarray,
+    rng: jax.Array,
+    num_points: int = 12544,
+) -> jnp.ndarray:
+    """Mask2Former's mask term: sigmoid BCE of the query's logits against the target mask,
+    averaged over ``num_points`` uniform points per image (:func:`sampled_masks`):
+    ``(softplus(-x) @ t + softplus(x) @ (1 - t)) / P`` -> [B, Q, G] float32."""
+    del pred_logits, pred_boxes, gt_labels, gt_boxes
+    x, t = sampled_masks(pred_masks, gt_masks, rng, num_points)
+    pos = jax.nn.softplus(-x) / x.shape[-1]  # BCE against 1
+    neg = jax.nn.softplus(x) / x.shape[-1]  # BCE against 0
+    highest = jax.lax.Precision.HIGHEST
+    return (jnp.einsum("bqp,bgp->bqg", pos, t, precision=highest)
+            + jnp.einsum("bqp,bgp->bqg", neg, 1.0 - t, precision=highest))
+
+
+def dice_cost(
+    pred_logits: jnp.ndarray,
+    pred_boxes: jnp.ndarray,
+    gt_labels: jnp.ndarray,
+    gt_boxes: jnp.ndarray,
+    *,
+    pred_masks: jnp.ndarray,
+    gt_masks: jnp.ndarray,
+    rng: jax.Array,
+    num_points: int = 12544,
+) -> jnp.ndarray:
+    """Mask2Former's dice term on the same points as ``mask`` (same ``rng`` and ``num_points``):
+    ``1 - (2 p @ t + 1) / (sum p + sum t + 1)``, p = sigmoid(logits) -> [B, Q, G] float32."""
+    del pred_logits, pred_boxes, gt_labels, gt_boxes
+    x, t = sampled_masks(pred_masks, gt_masks, rng, num_points)
+    p = jax.nn.sigmoid(x)
+    numerator = 2.0 * jnp.einsum("bqp,bgp->bqg", p, t, precision=jax.lax.Precision.HIGHEST)
+    denominator = jnp.sum(p, axis=-1)[:, :, None] + jnp.sum(t, axis=-1)[:, None, :]
+    return 1.0 - (numerator + 1.0) / (denominator + 1.0)
+
+
 COST_TERMS: dict[str, CostTerm] = {
     "class": class_cost,
     "focal_class": focal_class_cost,
     "bbox": bbox_cost,
     "giou": giou_cost,
+    "mask": mask_cost,
+    "dice": dice_cost,
 }
+
+# Keyword-only inputs (not settings) of the mask terms, passed by ``matching_cost``.
+MASK_INPUTS = ("pred_masks", "gt_masks", "rng")
+
+
+def _keyword_only(name: str) -> tuple[str, ...]:
+    if name not in COST_TERMS:
+        raise ValueError(f"unknown matching cost term {name!r}; choose one of {sorted(COST_TERMS)}")
+    params = inspect.signature(COST_TERMS[name]).parameters.values()
+    return tuple(p.name for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY)
+
+
+def cost_term_inputs(name: str) -> tuple[str, ...]:
+    """The :data:`MASK_INPUTS` the cost term ``name`` reads (empty for the box/class terms)."""
+    return tuple(k for k in _keyword_only(name) if k in MASK_INPUTS)
 
 
 def cost_term_settings(name: str) -> tuple[str, ...]:
@@ -126,18 +218,21 @@ def cost_term_settings(name: str) -> tuple[str, ...]:
     Raises:
       ValueError: if ``name`` is not in :data:`COST_TERMS` (the message lists the choices).
     """
-    if name not in COST_TERMS:
-        raise ValueError(f"unknown matching cost term {name!r}; choose one of {sorted(COST_TERMS)}")
-    params = inspect.signature(COST_TERMS[name]).parameters.values()
-    return tuple(p.name for p in params if p.kind is inspect.Parameter.KEYWORD_ONLY)
+    return tuple(k for k in _keyword_only(name) if k not in MASK_INPUTS)
 
 
 __all__ = [
     "COST_TERMS",
+    "MASK_INPUTS",
     "CostTerm",
     "bbox_cost",
     "class_cost",
+    "cost_term_inputs",
     "cost_term_settings",
+    "dice_cost",
     "focal_class_cost",
     "giou_cost",
+    "mask_cost",
+    "matching_points",
+    "sampled_masks",
 ]

@@ -16,7 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from detr_jax.matching._common import sanitize
-from detr_jax.matching.cost_terms import COST_TERMS, cost_term_settings
+from detr_jax.matching.cost_terms import COST_TERMS, cost_term_inputs, cost_term_settings
 
 # DETR's matcher weights (set_cost_class, set_cost_bbox, set_cost_giou).
 DETR_COST_WEIGHTS: dict[str, float] = {"class": 1.0, "bbox": 5.0, "giou": 2.0}
@@ -83,6 +83,10 @@ def matching_cost(
     gt_valid: jnp.ndarray,
     weights: Mapping[str, float | Mapping[str, Any]],
     query_valid: jnp.ndarray | None = None,
+    *,
+    pred_masks: jnp.ndarray | None = None,
+    gt_masks: jnp.ndarray | None = None,
+    rng: jax.Array | None = None,
 ) -> jnp.ndarray:
     """Weighted sum of cost terms between every query and every ground-truth slot.
 
@@ -102,6 +106,11 @@ def matching_cost(
         (:func:`check_cost_weights`; unknown names raise ``ValueError``).
       query_valid: optional [B, Q] bool; rows of False queries are treated like +inf, so a
         solver uses them only for slots that no valid query can take.
+      pred_masks: [B, Q, h, w] mask logits at stride 4 of the padded canvas, for the mask
+        terms (``mask``, ``dice``; ``cost_term_inputs``); not used otherwise.
+      gt_masks: [B, G, H, W] 0/1 ground-truth masks on the padded canvas (uint8 or float).
+      rng: PRNG key of the mask terms' random points (``jax.random.PRNGKey(0)`` when None);
+        terms given the same key and ``num_points`` sample the same points.
 
     Returns:
       [B, Q, G] float32 cost, without gradient. Columns of invalid ground-truth
@@ -114,10 +123,20 @@ def matching_cost(
     logits = jax.lax.stop_gradient(jnp.asarray(pred_logits, jnp.float32))
     boxes = jax.lax.stop_gradient(jnp.asarray(pred_boxes, jnp.float32))
     tgt_boxes = jax.lax.stop_gradient(jnp.asarray(gt_boxes, jnp.float32))
-    terms = [
-        (weight, COST_TERMS[name](logits, boxes, gt_labels, tgt_boxes, **kwargs))
-        for name, (weight, kwargs) in parsed.items()
-    ]
+    mask_inputs = {"pred_masks": pred_masks, "gt_masks": gt_masks, "rng": rng}
+    if pred_masks is not None:
+        mask_inputs["pred_masks"] = jax.lax.stop_gradient(jnp.asarray(pred_masks, jnp.float32))
+    if rng is None and any("rng" in cost_term_inputs(name) for name in parsed):
+        mask_inputs["rng"] = jax.random.PRNGKey(0)
+    terms = []
+    for name, (weight, kwargs) in parsed.items():
+        inputs = {k: mask_inputs[k] for k in cost_term_inputs(name)}
+        missing = [k for k, v in inputs.items() if v is None]
+        if missing:
+            raise ValueError(f"matching cost term {name!r} needs {missing} (mask logits "
+                             "[B, Q, h, w] and ground-truth masks [B, G, H, W])")
+        terms.append((weight, COST_TERMS[name](logits, boxes, gt_labels, tgt_boxes,
+                                               **kwargs, **inputs)))
     # All terms first, then w0*t0 + w1*t1 + ...: the same operations, in the same order,
     # as the former hand-written ``c * class + b * bbox + g * giou`` (bitwise equal).
     cost = terms[0][0] * terms[0][1]

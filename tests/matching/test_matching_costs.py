@@ -17,6 +17,7 @@ from detr_jax.matching import (
     matching_cost,
 )
 from detr_jax.matching._common import sanitize
+from detr_jax.matching.cost_terms import cost_term_inputs
 from detr_jax.ops.box_ops import box_cxcywh_to_xyxy, pairwise_giou
 
 
@@ -151,11 +152,13 @@ def test_matching_cost_with_focal_and_settings():
 
 
 def test_term_registry_and_settings():
-    assert set(COST_TERMS) == {"class", "focal_class", "bbox", "giou"}
+    assert set(COST_TERMS) == {"class", "focal_class", "bbox", "giou", "mask", "dice"}
     assert cost_term_settings("focal_class") == ("alpha", "gamma", "eps")
     assert cost_term_settings("class") == ()
     logits, boxes, labels, gt, *_ = problem(3)
     for name, term in COST_TERMS.items():
+        if cost_term_inputs(name):  # mask terms: tests/matching/test_mask_costs.py
+            continue
         out = term(logits, boxes, labels, gt)
         assert out.shape == (3, 30, 9) and out.dtype == jnp.float32, name
     parsed = check_cost_weights({"giou": 2.0, "focal_class": {"weight": 1.0, "gamma": 1.0}})
