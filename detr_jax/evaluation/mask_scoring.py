@@ -77,7 +77,8 @@ class MaskScoring:
         self.start()
 
     def start(self, write_dir: str | None = None) -> None:
-        """A fresh pass; with `write_dir`, panoptic PNGs go to `<write_dir>/panoptic_predictions`."""
+        """A fresh pass; with `write_dir`, the panoptic PNGs go to
+        `<write_dir>/panoptic_predictions`."""
         self.segm = (CocoMaskEvaluator(self.mask_gt, self.category_ids)
                      if self.mask_gt is not None else None)
         self.pq = (PanopticQuality(dict(enumerate(self.is_thing)))
