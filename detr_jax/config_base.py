@@ -41,7 +41,7 @@ def base_config() -> ml_collections.ConfigDict:
     # ---- Transfer learning (detr_jax/transfer.py, optim.param_labels) ----
     c.init_from = ""  # converted params checkpoint (python -m detr_jax.convert) or a workdir
     c.init_mode = "all"  # all | backbone (a different num_classes re-initialises the class head)
-    c.freeze = "none"  # none | backbone | heads | decoder_and_heads (the rest gets zero updates)
+    c.freeze = "none"  # none | backbone | heads | decoder_and_heads | detector (see optim.py)
     c.freeze_backbone_steps = 0  # the backbone gets zero updates for the first K steps
 
     # ---- Model (detr_jax/models): detector-wide fields, then one sub-dict per part. Each

@@ -7,7 +7,8 @@ params get exactly zero updates (optax.set_to_zero: no gradient step and no weig
 rules come, in this order, from:
 1. the `config.freeze` preset (transfer learning): "backbone" freezes `backbone/`, "heads" all
    but the heads, "decoder_and_heads" all but the decoder, the query params (`query_embed`,
-   DINO's `tgt_embed` / `label_enc`, anchors) and the heads;
+   DINO's `tgt_embed` / `label_enc`, anchors) and the heads, "detector" all but DETR's mask
+   head (`bbox_attention`, `mask_head`: the original's masks on a frozen detector);
 2. the model's parts (`model.param_rules()`: FrozenBatchNorm arrays, `backbone.frozen_stages`);
 3. `config.optim.param_rules` (e.g. `[("^backbone/", 0.1)]`, DETR's backbone lr x 0.1).
 Every rule of 1 and 3 must match some parameter (a start-up error names the rule otherwise).
@@ -36,6 +37,7 @@ FREEZE_PRESETS: dict[str, list[tuple[str, str]]] = {
     "backbone": [("^backbone/", FROZEN)],
     "heads": [(f"^(?!({_HEADS}))", FROZEN)],
     "decoder_and_heads": [(f"^(?!(transformer/decoder_|{_QUERIES}|{_HEADS}))", FROZEN)],
+    "detector": [("^(?!(bbox_attention|mask_head)/)", FROZEN)],
 }
 
 

@@ -31,7 +31,7 @@ from absl import logging
 from detr_jax.pretrained import load_params_checkpoint
 
 INIT_MODES = ("all", "backbone")
-FREEZE_CHOICES = ("none", "backbone", "heads", "decoder_and_heads")
+FREEZE_CHOICES = ("none", "backbone", "heads", "decoder_and_heads", "detector")
 # Params sized by num_classes (DETR's and the per-layer Deformable-style class heads, the dense
 # head, DINO's denoising label embedding): re-initialised when it differs.
 CLASS_HEADS = re.compile(r"^(class_embed(_\d+)?|dense_class_head|label_enc)/")
@@ -134,6 +134,14 @@ def merge_pretrained(
     return out["params"], out["batch_stats"], report
 
 
+def _plain(value: Any) -> Any:
+    """A config value as meta.json holds it (sub-dicts as dicts, tuples as lists)."""
+    value = value.to_dict() if hasattr(value, "to_dict") else value
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    return [_plain(v) for v in value] if isinstance(value, list | tuple) else value
+
+
 def _warn_config_differences(config: Any, meta: dict) -> None:
     fields = meta.get("config_fields", {})
     diffs = []
@@ -143,7 +151,7 @@ def _warn_config_differences(config: Any, meta: dict) -> None:
             node = node[part] if part in node else None
             if node is None:
                 break
-        if key != "num_classes" and node is not None and node != value:
+        if key != "num_classes" and node is not None and _plain(node) != _plain(value):
             diffs.append(f"{key}: checkpoint {value!r} vs config {node!r}")
     if diffs:
         logging.warning("init_from: the config differs from the weights' own: %s", "; ".join(diffs))

@@ -1,9 +1,9 @@
 """State_dict (numpy) -> validated params checkpoint that `config.init_from` accepts.
 
-Sources: "facebook" (facebookresearch/detr `model` state_dict), "hf" (`DetrForObjectDetection`,
-`DeformableDetrForObjectDetection`, `DabDetrForObjectDetection` or
-`Mask2FormerForUniversalSegmentation` with a ResNet, told apart by the HF config's `model_type`
-or the keys),
+Sources: "facebook" (facebookresearch/detr `model` state_dict, detection or DETRsegm), "hf"
+(`DetrForObjectDetection`, `DetrForSegmentation`, `DeformableDetrForObjectDetection`,
+`DabDetrForObjectDetection` or `Mask2FormerForUniversalSegmentation` with a ResNet, told
+apart by the HF config's `model_type` or the keys),
 "deformable" (fundamentalvision/Deformable-DETR), "torchvision_resnet" and "hf_resnet"
 (classification ResNets, backbone only). No torch here.
 """
@@ -31,6 +31,12 @@ from detr_jax.convert.detr import (
     hf_to_params,
     infer_model_fields,
     normalise_hf_keys,
+)
+from detr_jax.convert.detr_segm import (
+    detr_segm_heads_fields,
+    detr_segm_to_params,
+    is_detr_segm,
+    split_detr_segm,
 )
 from detr_jax.convert.mask2former import (
     hf_mask2former_to_params,
@@ -62,6 +68,15 @@ def convert_state_dict(
                            or (hints.get("model_type") is None and is_mask2former(state_dict))):
         params, layout = hf_mask2former_to_params(state_dict)
         return params, mask2former_model_fields(params, layout, hints)
+    if source in ("facebook", "hf") and is_detr_segm(state_dict):  # DETRsegm: heads detr_segm
+        params = detr_segm_to_params(state_dict, source)
+        det = split_detr_segm(state_dict)[0]
+        if source == "hf":
+            det = normalise_hf_keys(det)
+        prefix, layout = ((FB_BACKBONE, "torchvision") if source == "facebook"
+                          else (HF_BACKBONE, detect_layout(det, HF_BACKBONE)))
+        fields = infer_model_fields(params, infer_resnet(det, prefix, layout))
+        return params, {**fields, **detr_segm_heads_fields(params)}
     if source == "hf" and (hints.get("model_type") == "dab-detr"
                            or (hints.get("model_type") is None and is_dab(state_dict))):
         params, layout = hf_dab_to_params(state_dict)

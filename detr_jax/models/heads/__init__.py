@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from detr_jax.models.heads.box import ClassBoxHeads
 from detr_jax.models.heads.deformable import DeformableHeads
+from detr_jax.models.heads.detr_mask import DetrSegmHeads
 from detr_jax.models.heads.mask2former import Mask2FormerHeads
 from detr_jax.models.registry import Registry
 
@@ -14,5 +15,6 @@ HEADS = Registry("heads")
 HEADS.register("class_box", ClassBoxHeads)
 HEADS.register("deformable", DeformableHeads)
 HEADS.register("mask2former", Mask2FormerHeads)
+HEADS.register("detr_segm", DetrSegmHeads)
 
-__all__ = ["HEADS", "ClassBoxHeads", "DeformableHeads", "Mask2FormerHeads"]
+__all__ = ["HEADS", "ClassBoxHeads", "DeformableHeads", "DetrSegmHeads", "Mask2FormerHeads"]
