@@ -1,8 +1,8 @@
 """State_dict (numpy) -> validated params checkpoint that `config.init_from` accepts.
 
 Sources: "facebook" (facebookresearch/detr `model` state_dict), "hf" (`DetrForObjectDetection`,
-`DeformableDetrForObjectDetection` or `DabDetrForObjectDetection`, told apart by the HF
-config's `model_type` or the keys),
+`DeformableDetrForObjectDetection`, `DabDetrForObjectDetection` or
+`MaskFormerForInstanceSegmentation`, told apart by the HF config's `model_type` or the keys),
 "deformable" (fundamentalvision/Deformable-DETR), "torchvision_resnet" and "hf_resnet"
 (classification ResNets, backbone only). No torch here.
 """
@@ -31,6 +31,11 @@ from detr_jax.convert.detr import (
     infer_model_fields,
     normalise_hf_keys,
 )
+from detr_jax.convert.maskformer import (
+    hf_maskformer_to_params,
+    is_maskformer,
+    maskformer_model_fields,
+)
 from detr_jax.models.backbones.resnet_keys import (
     ConversionError,
     convert_resnet_backbone,
@@ -52,6 +57,10 @@ def convert_state_dict(
     listing missing and unexpected keys.
     """
     hints = dict(hints or {})
+    if source == "hf" and (hints.get("model_type") == "maskformer"
+                           or (hints.get("model_type") is None and is_maskformer(state_dict))):
+        params, layout = hf_maskformer_to_params(state_dict)
+        return params, maskformer_model_fields(params, layout, hints)
     if source == "hf" and (hints.get("model_type") == "dab-detr"
                            or (hints.get("model_type") is None and is_dab(state_dict))):
         params, layout = hf_dab_to_params(state_dict)

@@ -7,10 +7,12 @@ from __future__ import annotations
 
 from detr_jax.models.heads.box import ClassBoxHeads
 from detr_jax.models.heads.deformable import DeformableHeads
+from detr_jax.models.heads.maskformer import MaskFormerHeads
 from detr_jax.models.registry import Registry
 
 HEADS = Registry("heads")
 HEADS.register("class_box", ClassBoxHeads)
 HEADS.register("deformable", DeformableHeads)
+HEADS.register("maskformer", MaskFormerHeads)
 
-__all__ = ["HEADS", "ClassBoxHeads", "DeformableHeads"]
+__all__ = ["HEADS", "ClassBoxHeads", "DeformableHeads", "MaskFormerHeads"]
