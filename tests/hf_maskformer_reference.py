@@ -87,14 +87,22 @@ def state_dict_numpy(model) -> dict[str, np.ndarray]:
     return {k: v.detach().cpu().numpy() for k, v in model.state_dict().items()}
 
 
-def hf_forward_all_layers(model, images: np.ndarray, mask: np.ndarray) -> dict[str, np.ndarray]:
-    """Runs the HF model on NHWC images; returns numpy arrays:
+def _per_layer(model, hs, last, pixels) -> dict[str, np.ndarray]:
+    """Class and mask logits of every decoder layer: layer i's output through the decoder's
+    LayerNorm (as the original MaskFormer's intermediate outputs; HF's own
+    `use_auxiliary_loss` path stacks the un-normed states and the zero input instead)."""
+    norm = model.model.transformer_module.decoder.layernorm
+    stack = torch.stack([norm(h) for h in hs[1:-1]] + [last])  # hs: (input, layer_0, ..)
+    masks = torch.einsum("lbqc,bchw->lbqhw", model.mask_embedder(stack), pixels)
+    return {"logits": model.class_predictor(stack).numpy(), "masks": masks.numpy(),
+            "mask_features": pixels.permute(0, 2, 3, 1).numpy()}
 
-    `logits` [L, B, Q, C+1] and `masks` [L, B, Q, h, w] per decoder layer (layer i: its output
-    through the decoder's LayerNorm, as the original MaskFormer's intermediate outputs; HF's own
-    `use_auxiliary_loss` path stacks the un-normed states and the zero input instead),
-    `mask_features` [B, h, w, E] (the pixel decoder's output, NHWC), `backbone` {C2..C5: NHWC}
-    and HF's own final `class_queries_logits` / `masks_queries_logits`.
+
+def hf_forward_all_layers(model, images: np.ndarray, mask: np.ndarray) -> dict[str, np.ndarray]:
+    """Runs the HF model on NHWC images; returns numpy arrays: `logits` [L, B, Q, C+1] and
+    `masks` [L, B, Q, h, w] per decoder layer (see `_per_layer`), `mask_features` [B, h, w, E]
+    (the pixel decoder's output, NHWC) and HF's own final `class_queries_logits` /
+    `masks_queries_logits`.
     """
     with torch.no_grad():
         out = model(
@@ -102,19 +110,62 @@ def hf_forward_all_layers(model, images: np.ndarray, mask: np.ndarray) -> dict[s
             pixel_mask=torch.from_numpy(mask).long(),
             output_hidden_states=True,
         )
-        hs = out.transformer_decoder_hidden_states  # (input, layer_0, .., layer_{L-2}, normed)
-        norm = model.model.transformer_module.decoder.layernorm
-        last = out.transformer_decoder_last_hidden_state
-        stack = torch.stack([norm(h) for h in hs[1:-1]] + [last])
-        logits = model.class_predictor(stack)
-        pixels = out.pixel_decoder_last_hidden_state
-        masks = torch.einsum("lbqc,bchw->lbqhw", model.mask_embedder(stack), pixels)
-    nhwc = (0, 2, 3, 1)
-    return {
-        "logits": logits.numpy(), "masks": masks.numpy(),
-        "mask_features": pixels.permute(*nhwc).numpy(),
-        "backbone": {f"C{i + 2}": f.permute(*nhwc).numpy()
-                     for i, f in enumerate(out.encoder_hidden_states)},
-        "class_queries_logits": out.class_queries_logits.numpy(),
-        "masks_queries_logits": out.masks_queries_logits.numpy(),
-    }
+        result = _per_layer(model, out.transformer_decoder_hidden_states,
+                            out.transformer_decoder_last_hidden_state,
+                            out.pixel_decoder_last_hidden_state)
+    result["class_queries_logits"] = out.class_queries_logits.numpy()
+    result["masks_queries_logits"] = out.masks_queries_logits.numpy()
+    return result
+
+
+def build_pixel_encoder(spec: dict, layers: int, seed: int = 0):
+    """(HF DetrEncoder of `layers` layers at the FPN width, a 1x1 Conv2d from C5 to it), random
+    (LayerNorms not at identity): the parts of the original's `TransformerEncoderPixelDecoder`
+    that HF's MaskFormer lacks."""
+    from transformers.models.detr.modeling_detr import DetrEncoder
+
+    torch.manual_seed(seed + 7)
+    d = spec["fpn_feature_size"]
+    config = DetrConfig(use_timm_backbone=False, use_pretrained_backbone=False,
+                        backbone_config=ResNetConfig(), d_model=d, encoder_layers=layers,
+                        encoder_attention_heads=spec["heads"], encoder_ffn_dim=spec["ffn"],
+                        dropout=0.0)
+    config._attn_implementation = "eager"
+    encoder = DetrEncoder(config).eval()
+    proj = torch.nn.Conv2d(spec["resnet"]["hidden_sizes"][-1], d, kernel_size=1)
+    g = torch.Generator().manual_seed(seed + 8)
+    with torch.no_grad():
+        for module in encoder.modules():
+            if isinstance(module, torch.nn.Linear):
+                torch.nn.init.xavier_uniform_(module.weight, generator=g)
+                module.bias.copy_(torch.randn(module.bias.shape, generator=g) * 0.1)
+            elif isinstance(module, torch.nn.LayerNorm):
+                module.weight.copy_(torch.rand(d, generator=g) * 0.8 + 0.6)
+                module.bias.copy_(torch.randn(d, generator=g) * 0.2)
+    return encoder, proj
+
+
+def hf_forward_with_pixel_encoder(model, encoder, proj, images: np.ndarray) -> dict:
+    """The original's `TransformerEncoderPixelDecoder` composed from HF modules: C5 -> `proj`
+    -> encoder (sine positions over the whole canvas, no mask) -> the FPN's stem and layers ->
+    `mask_projection`; HF's transformer module reads the encoded map (no input projection:
+    C5 must have d_model channels, so that HF built none). Same outputs as
+    `hf_forward_all_layers` (without HF's own final logits)."""
+    assert model.model.transformer_module.input_projection is None
+    with torch.no_grad():
+        pixel_values = torch.from_numpy(images).permute(0, 3, 1, 2).contiguous()
+        feats = model.model.pixel_level_module.encoder(pixel_values).feature_maps  # C2..C5
+        x = proj(feats[-1])
+        b, c, h, w = x.shape
+        module = model.model.transformer_module
+        pos = module.position_embedder(x.shape, x.device, x.dtype).flatten(2).transpose(1, 2)
+        tokens = encoder(inputs_embeds=x.flatten(2).transpose(1, 2), attention_mask=None,
+                         spatial_position_embeddings=pos).last_hidden_state
+        encoded = tokens.transpose(1, 2).reshape(b, c, h, w)
+        decoder = model.model.pixel_level_module.decoder
+        y = decoder.fpn.stem(encoded)
+        for layer, left in zip(decoder.fpn.layers, feats[:-1][::-1], strict=True):
+            y = layer(y, left)
+        pixels = decoder.mask_projection(y)
+        out = module(encoded, output_hidden_states=True)
+        return _per_layer(model, out.hidden_states, out.last_hidden_state, pixels)

@@ -87,6 +87,10 @@ def test_padding_reaches_the_decoder_only_with_mask_padding():
 def test_bad_configs_name_the_field():
     with pytest.raises(ValueError, match=r"model\.neck\.conv_dim=48"):
         build_model(maskformer_config(conv_dim=48))
+    with pytest.raises(ValueError, match=r"model\.neck\.enc_layers=-1"):
+        build_model(maskformer_config(enc_layers=-1))
+    with pytest.raises(ValueError, match=r"model\.neck\.input_proj=False"):
+        build_model(maskformer_config(enc_layers=1, input_proj=False, conv_dim=64))
     with pytest.raises(PartConfigError, match=r"model\.neck\.level"):
         build_model(maskformer_config(level="C4"))
     c = maskformer_config()
