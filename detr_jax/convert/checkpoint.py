@@ -2,8 +2,9 @@
 
 Sources: "facebook" (facebookresearch/detr `model` state_dict, detection or DETRsegm), "hf"
 (`DetrForObjectDetection`, `DetrForSegmentation`, `DeformableDetrForObjectDetection`,
-`DabDetrForObjectDetection` or `Mask2FormerForUniversalSegmentation` with a ResNet, told
-apart by the HF config's `model_type` or the keys),
+`DabDetrForObjectDetection`, `MaskFormerForInstanceSegmentation` or
+`Mask2FormerForUniversalSegmentation` with a ResNet, told apart by the HF config's
+`model_type` or the keys),
 "deformable" (fundamentalvision/Deformable-DETR), "torchvision_resnet" and "hf_resnet"
 (classification ResNets, backbone only). No torch here.
 """
@@ -43,6 +44,11 @@ from detr_jax.convert.mask2former import (
     is_mask2former,
     mask2former_model_fields,
 )
+from detr_jax.convert.maskformer import (
+    hf_maskformer_to_params,
+    is_maskformer,
+    maskformer_model_fields,
+)
 from detr_jax.models.backbones.resnet_keys import (
     ConversionError,
     convert_resnet_backbone,
@@ -68,6 +74,10 @@ def convert_state_dict(
                            or (hints.get("model_type") is None and is_mask2former(state_dict))):
         params, layout = hf_mask2former_to_params(state_dict)
         return params, mask2former_model_fields(params, layout, hints)
+    if source == "hf" and (hints.get("model_type") == "maskformer"
+                           or (hints.get("model_type") is None and is_maskformer(state_dict))):
+        params, layout = hf_maskformer_to_params(state_dict)
+        return params, maskformer_model_fields(params, layout, hints)
     if source in ("facebook", "hf") and is_detr_segm(state_dict):  # DETRsegm: heads detr_segm
         params = detr_segm_to_params(state_dict, source)
         det = split_detr_segm(state_dict)[0]

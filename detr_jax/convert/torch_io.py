@@ -46,8 +46,8 @@ def _load_file(path: str) -> tuple[dict, dict]:
 
 def load_state_dict(path: str) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
     """Returns (state_dict as float32/int numpy arrays, hints) where hints may hold `nheads`,
-    `dilation`, `model_type`, `num_queries` (two-stage proposals) and `temperature_height` /
-    `temperature_width` (DAB-DETR) (from the
+    `dilation`, `model_type`, `num_queries` (two-stage proposals), `temperature_height` /
+    `temperature_width` (DAB-DETR) and `downsample_in_bottleneck` (MaskFormer's backbone) (from the
     facebookresearch / fundamentalvision `args`, or an HF directory's config.json)."""
     hints: dict[str, Any] = {}
     if os.path.isdir(path):
@@ -68,6 +68,12 @@ def load_state_dict(path: str) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
             for k in ("temperature_height", "temperature_width"):  # DAB-DETR's sine embedding
                 if k in c:
                     hints[k] = c[k]
+            # MaskFormer: the DETR decoder's and the backbone's configs are nested.
+            dec, bb = c.get("decoder_config") or {}, c.get("backbone_config") or {}
+            if "decoder_attention_heads" in dec:
+                hints["nheads"] = dec["decoder_attention_heads"]
+            if "downsample_in_bottleneck" in bb:
+                hints["downsample_in_bottleneck"] = bool(bb["downsample_in_bottleneck"])
         for name in ("model.safetensors", "pytorch_model.bin"):
             if os.path.exists(os.path.join(path, name)):
                 path = os.path.join(path, name)

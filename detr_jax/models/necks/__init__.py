@@ -5,6 +5,7 @@ Multi-scale necks (Deformable DETR, pixel decoders) register here too.
 
 from __future__ import annotations
 
+from detr_jax.models.necks.fpn_pixel_decoder import MaskFormerFPNNeck
 from detr_jax.models.necks.multi_scale import MultiScaleNeck
 from detr_jax.models.necks.pixel_decoder import PixelDecoderNeck
 from detr_jax.models.necks.single_level import SingleLevelNeck
@@ -14,5 +15,6 @@ NECKS = Registry("neck")
 NECKS.register("single_level", SingleLevelNeck)
 NECKS.register("multi_scale", MultiScaleNeck)
 NECKS.register("mask2former_pixel_decoder", PixelDecoderNeck)
+NECKS.register("maskformer_fpn", MaskFormerFPNNeck)
 
-__all__ = ["NECKS", "MultiScaleNeck", "PixelDecoderNeck", "SingleLevelNeck"]
+__all__ = ["NECKS", "MaskFormerFPNNeck", "MultiScaleNeck", "PixelDecoderNeck", "SingleLevelNeck"]
