@@ -21,7 +21,7 @@ import jax.numpy as jnp
 
 from detr_jax.models.necks.multi_scale import valid_counts
 from detr_jax.models.torch_init import torch_dense
-from detr_jax.ops.mask_boxes import masks_to_boxes
+from detr_jax.ops.mask_ops import masks_to_boxes
 
 
 class MaskEmbed(nn.Module):
@@ -67,7 +67,7 @@ class Mask2FormerHeads(nn.Module):
         `pred_logits` float32 [L, B, Q, C + 1], `pred_masks` float32 [L, B, Q, h, w] (mask
         logits at `memory["mask_stride"]` of the padded canvas) and `pred_boxes` float32
         [L, B, Q, 4]: normalised cxcywh of each mask's cells with sigmoid > 0.5 inside the real
-        image (ops/mask_boxes.py; zeros for an empty mask; no gradient)."""
+        image (ops/mask_ops.py; zeros for an empty mask; no gradient)."""
         if "pred_masks" not in decoded:
             raise ValueError("model.heads.name='mask2former' needs the masked-attention decoder "
                              "(model.transformer.name='mask2former')")
@@ -81,5 +81,5 @@ class Mask2FormerHeads(nn.Module):
             b, h, w = masks.shape[1], masks.shape[-2], masks.shape[-1]
             real_hw = jnp.broadcast_to(jnp.asarray([h * stride, w * stride], jnp.float32),
                                        (b, 2))
-        boxes = masks_to_boxes(jax.lax.stop_gradient(masks) > 0.0, real_hw, stride)
+        boxes = jax.lax.stop_gradient(masks_to_boxes(masks > 0.0, real_hw[:, None], stride))
         return {"pred_logits": logits, "pred_masks": masks, "pred_boxes": boxes}
