@@ -30,6 +30,7 @@ import numpy as np
 
 from detr_jax.evaluation.mask_resize import resize_bilinear, resize_nearest
 from detr_jax.evaluation.postprocess import _to_pixels
+from detr_jax.ops.mask_ops import real_image_size
 
 MODES = ("query", "pairs")
 ACTIVATIONS = ("softmax", "sigmoid")
@@ -37,9 +38,7 @@ ACTIVATIONS = ("softmax", "sigmoid")
 
 def real_size(pixel_mask: jax.Array) -> jax.Array:
     """bool [B, H, W] (real pixels at the top left) -> int32 [B, 2] (h, w) unpadded size."""
-    rows = jnp.sum(jnp.any(pixel_mask, axis=2), axis=1)
-    cols = jnp.sum(jnp.any(pixel_mask, axis=1), axis=1)
-    return jnp.stack([rows, cols], axis=-1).astype(jnp.int32)
+    return real_image_size(pixel_mask).astype(jnp.int32)
 
 
 def upsample_mask_logits(
