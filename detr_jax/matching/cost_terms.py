@@ -166,6 +166,34 @@ def mask_cost(
             + jnp.einsum("bqp,bgp->bqg", neg, 1.0 - t, precision=highest))
 
 
+def mask_focal_cost(
+    pred_logits: jnp.ndarray,
+    pred_boxes: jnp.ndarray,
+    gt_labels: jnp.ndarray,
+    gt_boxes: jnp.ndarray,
+    *,
+    pred_masks: jnp.ndarray,
+    gt_masks: jnp.ndarray,
+    rng: jax.Array,
+    num_points: int = 12544,
+    alpha: float = 0.25,
+    gamma: float = 2.0,
+) -> jnp.ndarray:
+    """MaskFormer's mask term: the sigmoid focal loss of the query's logits against the target
+    mask, averaged over the same uniform points as ``mask`` / ``dice`` (MaskFormer averages over
+    all pixels of the stride-4 mask; uniform points estimate that mean):
+    ``(alpha (1-p)^gamma softplus(-x) @ t + (1-alpha) p^gamma softplus(x) @ (1 - t)) / P``
+    -> [B, Q, G] float32."""
+    del pred_logits, pred_boxes, gt_labels, gt_boxes
+    x, t = sampled_masks(pred_masks, gt_masks, rng, num_points)
+    p = jax.nn.sigmoid(x)
+    pos = alpha * (1.0 - p) ** gamma * jax.nn.softplus(-x) / x.shape[-1]
+    neg = (1.0 - alpha) * p ** gamma * jax.nn.softplus(x) / x.shape[-1]
+    highest = jax.lax.Precision.HIGHEST
+    return (jnp.einsum("bqp,bgp->bqg", pos, t, precision=highest)
+            + jnp.einsum("bqp,bgp->bqg", neg, 1.0 - t, precision=highest))
+
+
 def dice_cost(
     pred_logits: jnp.ndarray,
     pred_boxes: jnp.ndarray,
@@ -193,6 +221,7 @@ COST_TERMS: dict[str, CostTerm] = {
     "bbox": bbox_cost,
     "giou": giou_cost,
     "mask": mask_cost,
+    "mask_focal": mask_focal_cost,
     "dice": dice_cost,
 }
 
@@ -233,6 +262,7 @@ __all__ = [
     "focal_class_cost",
     "giou_cost",
     "mask_cost",
+    "mask_focal_cost",
     "matching_points",
     "sampled_masks",
 ]

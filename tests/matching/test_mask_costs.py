@@ -147,3 +147,21 @@ def test_costs_prefer_the_query_that_draws_the_target():
         rng=jax.random.PRNGKey(1)) for name in ("mask", "dice")])(outputs, batch, pred)
     for cost in costs:
         np.testing.assert_array_equal(np.argmin(np.asarray(cost)[0], axis=0), [0, 1, 2])
+
+
+def test_mask_focal_cost_matches_hf_maskformer_on_the_same_points():
+    from transformers.models.maskformer import modeling_maskformer as mf
+
+    from detr_jax.matching.cost_terms import mask_focal_cost, sampled_masks
+
+    outputs, batch = make_problem(seed=11, num_layers=1, num_valid=(2, 3))
+    key = jax.random.PRNGKey(7)
+    pred, gt = outputs["pred_masks"][0], batch["masks"]
+    got = np.asarray(mask_focal_cost(None, None, None, None, pred_masks=pred, gt_masks=gt,
+                                     rng=key, num_points=NUM_POINTS))
+    x, t = (np.asarray(a) for a in sampled_masks(pred, gt, key, NUM_POINTS))
+    for b in range(len(x)):  # HF's MaskFormer matcher term on these points: [Q, P] x [G, P]
+        want = mf.pair_wise_sigmoid_focal_loss(torch.from_numpy(x[b]), torch.from_numpy(t[b]),
+                                               alpha=0.25, gamma=2.0).numpy()
+        assert want.std() > 1e-3
+        np.testing.assert_allclose(got[b], want, rtol=1e-5, atol=1e-6)

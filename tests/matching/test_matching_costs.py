@@ -152,7 +152,8 @@ def test_matching_cost_with_focal_and_settings():
 
 
 def test_term_registry_and_settings():
-    assert set(COST_TERMS) == {"class", "focal_class", "bbox", "giou", "mask", "dice"}
+    assert set(COST_TERMS) == {"class", "focal_class", "bbox", "giou", "mask", "mask_focal",
+                               "dice"}
     assert cost_term_settings("focal_class") == ("alpha", "gamma", "eps")
     assert cost_term_settings("class") == ()
     logits, boxes, labels, gt, *_ = problem(3)
