@@ -58,7 +58,8 @@ def maskformer(c: ml_collections.ConfigDict) -> ml_collections.ConfigDict:
     """MaskFormer R50 (maskformer_panoptic_R50_bs64_554k): the transformer-encoder pixel decoder
     (6 DETR encoder layers on C5, FPN to stride 4), a 6-layer DETR decoder, 100 queries; the
     original's sigmoid focal (20) + dice (1) on the full masks, class 1 with no-object 0.1, in
-    the loss and (on sampled points) in the matching; batch 64, 554k iterations, AdamW lr 1e-4, weight decay 1e-4."""
+    the loss and (on sampled points) in the matching; batch 64, 554k iterations, AdamW lr 1e-4,
+    weight decay 1e-4."""
     m = c.model
     m.backbone.frozen_stages = 0
     m.neck = ml_collections.ConfigDict(dict(  # models/necks/fpn_pixel_decoder.py
