@@ -23,7 +23,12 @@ from detr_jax.core.compile_options import step_compiler_options
 from detr_jax.data.batching import collate
 from detr_jax.data.transforms import resize_image
 from detr_jax.evaluation.postprocess import postprocess, postprocess_sigmoid
-from detr_jax.evaluation.postprocess_masks import postprocess_panoptic, postprocess_segm
+from detr_jax.evaluation.postprocess_masks import (
+    masks_to_original,
+    panoptic_segments,
+    postprocess_panoptic,
+    postprocess_segm,
+)
 from detr_jax.models import build_model, variable_shapes
 from detr_jax.pretrained import load_params_checkpoint
 from detr_jax.transfer import merge_pretrained
@@ -190,12 +195,19 @@ class Predictor:
         variables: dict,
         xla_cpu_ynnpack: bool = False,
         top_k: int | None = None,
+        masks: Sequence[str] = (),
+        is_thing: Sequence[bool] | None = None,
     ):
-        """`top_k`: detections ranked before the score threshold (default: every query)."""
+        """`top_k`: detections ranked before the score threshold (default: every query).
+        `masks`: mask outputs for models with a mask head, "segm" (each kept detection's mask)
+        and / or "panoptic" (the panoptic map; `is_thing` per class, default all things)."""
         self.model, self.variables = model, variables
         top_k = int(model.queries.num_queries) if top_k is None else int(top_k)
+        self.masks = tuple(masks)
+        self.is_thing = None if is_thing is None else tuple(bool(t) for t in is_thing)
         self._predict = jax.jit(
-            make_predict_fn(model, top_k=top_k, intermediates=True),
+            make_predict_fn(model, top_k=top_k, intermediates=True,
+                            postprocessors=("bbox", *self.masks)),
             compiler_options=step_compiler_options(xla_cpu_ynnpack),
         )
 
@@ -231,6 +243,7 @@ class Predictor:
         scores, labels = bbox["scores"][0][keep], bbox["labels"][0][keep]
         xyxy = bbox["boxes"][0][keep].reshape(-1, 4)
         queries = bbox["queries"][0][keep]
+        extra = self._mask_outputs(predictions, keep, (orig_h, orig_w))
 
         inter = outputs["intermediates"]["transformer"]
         n_dec = len([k for k in inter if k.startswith("decoder_layers_")])
@@ -239,7 +252,7 @@ class Predictor:
         if path not in flax.traverse_util.flatten_dict(inter, sep="/"):
             # Deformable attention has no dense maps (it sows its sampling locations instead).
             return {"scores": scores, "labels": labels, "boxes": xyxy, "queries": queries,
-                    "cross_attention": None, "encoder_attention": None, "point": point}
+                    "cross_attention": None, "encoder_attention": None, "point": point, **extra}
         cross = _sown(inter, path)[0]
         # The transformer's feature stride (8, 16 or 32 with feature_level and dilation) from
         # its token count: the padded input is a multiple of 32, so the map is exactly H/s x W/s.
@@ -269,4 +282,20 @@ class Predictor:
             "cross_attention": cross,
             "encoder_attention": enc,
             "point": point,
+            **extra,
         }
+
+    def _mask_outputs(self, predictions: dict, keep: np.ndarray, orig_hw: tuple[int, int]
+                      ) -> dict[str, Any]:
+        """`masks` bool [K, H0, W0] of the kept detections ("segm") and `panoptic` {`ids` int32
+        [H0, W0], `segments`} ("panoptic"), at the original image's size."""
+        out: dict[str, Any] = {}
+        if "segm" in self.masks:
+            segm = jax.device_get(predictions["segm"])
+            out["masks"] = masks_to_original(segm["masks"][0][keep], segm["size"][0], orig_hw)
+        if "panoptic" in self.masks:
+            dense = {k: np.asarray(v)[0] for k, v in jax.device_get(
+                predictions["panoptic"]).items()}
+            n = int(self.model.heads.num_classes)
+            out["panoptic"] = panoptic_segments(dense, orig_hw, self.is_thing or (True,) * n)
+        return out

@@ -10,6 +10,13 @@ Writes to `--output_dir` (default `predictions/`):
   the last decoder layer's cross-attention over the image with that query's box;
 - `<stem>_encoder_attention.png`: the last encoder layer's self-attention of one position
   (`--point=y,x` in pixels of the original image; default: the best box's centre).
+With a mask head (the config's `eval.postprocessors` name "segm" / "panoptic"), also:
+- `segmentations.json`: COCO results with each kept detection's mask as RLE (`segmentation`,
+  at the original size) beside its bbox and score;
+- `<stem>_masks.png`: the kept detections' masks over the image;
+- `<stem>_panoptic.png`: the panoptic map over the image, and `panoptic/<stem>.png` +
+  `panoptic.json`: the same in the COCO panoptic format (RGB-encoded segment ids, the
+  `annotations` with `segments_info`; things and stuff from `categories.json`'s `isthing`).
 
 Images are resized as the config's evaluation resizes them (`detr_jax.inference.eval_resize`:
 the eval transform's shorter side `transforms.eval_size`, longer side at most
@@ -36,7 +43,14 @@ from ml_collections import config_flags
 from PIL import Image
 
 from detr_jax.evaluation.attention_maps import draw_point_attention, draw_query_attention
+from detr_jax.evaluation.coco_mask_eval import mask_predictions_to_coco
+from detr_jax.evaluation.panoptic_format import (
+    panoptic_json,
+    write_panoptic_json,
+    write_panoptic_prediction,
+)
 from detr_jax.evaluation.visualize import draw_detections, save_png
+from detr_jax.evaluation.visualize_masks import blend_instances, blend_panoptic
 from detr_jax.inference import Predictor, eval_resize, load_for_inference
 
 FLAGS = flags.FLAGS
@@ -89,6 +103,29 @@ def class_info(
     return names, ids
 
 
+def thing_flags(config, checkpoint: str = "") -> list[bool] | None:
+    """`isthing` per label: from the workdir's `categories.json`, else the panoptic dataset's
+    own (shapes_panoptic, COCO panoptic); None when unknown (all classes are things)."""
+    categories = find_categories(checkpoint) if checkpoint else None
+    if categories and all("isthing" in c for c in categories):
+        return [bool(c["isthing"]) for c in categories]
+    if config.dataset == "shapes_panoptic":
+        from detr_jax.data import PANOPTIC_SPECS
+
+        return list(PANOPTIC_SPECS[config.shapes.spec].is_thing)
+    if config.dataset == "coco" and config.coco.name == "coco/2017_panoptic":
+        from detr_jax.data.tfds_coco_panoptic import PANOPTIC_IS_THING
+
+        return list(PANOPTIC_IS_THING)
+    return None
+
+
+def mask_outputs(config) -> tuple[str, ...]:
+    """The mask postprocessors the config evaluates ("segm", "panoptic"), predicted too."""
+    names = tuple(config.eval.get("postprocessors", ("bbox",)))
+    return tuple(n for n in names if n in ("segm", "panoptic"))
+
+
 def image_ids(paths: list[str]) -> list[int]:
     stems = [os.path.splitext(os.path.basename(p))[0] for p in paths]
     if all(s.isdigit() for s in stems) and len(set(map(int, stems))) == len(stems):
@@ -101,14 +138,16 @@ def run(config, checkpoint: str, paths: list[str], output_dir: str, **opts) -> l
     returns the COCO results list."""
     names, cat_ids = class_info(config, opts.get("class_names"), checkpoint)
     model, variables = load_for_inference(config, checkpoint)
-    predictor = Predictor(model, variables, config.get("xla_cpu_ynnpack", False))
+    masks, is_thing = mask_outputs(config), thing_flags(config, checkpoint)
+    predictor = Predictor(model, variables, config.get("xla_cpu_ynnpack", False), masks=masks,
+                          is_thing=is_thing)
     threshold = opts.get("score_threshold", 0.5)
     point = opts.get("point")
     default_min, default_max = eval_resize(config)  # resize as this config's evaluation does
     min_size = default_min if opts.get("min_size") is None else opts["min_size"]
     max_size = default_max if opts.get("max_size") is None else opts["max_size"]
     os.makedirs(output_dir, exist_ok=True)
-    results, id_map = [], {}
+    results, id_map, segm_results, panoptic = [], {}, [], []
     for path, image_id in zip(paths, image_ids(paths), strict=True):
         image = np.asarray(Image.open(path).convert("RGB"))
         p = predictor(image, threshold, point, min_size, max_size)
@@ -130,6 +169,16 @@ def run(config, checkpoint: str, paths: list[str], output_dir: str, **opts) -> l
                 image, p["boxes"], p["labels"], p["scores"], names, score_threshold=threshold
             ),
         )
+        if "masks" in p:
+            segm_results += mask_predictions_to_coco(image_id, p["scores"], p["labels"],
+                                                     p["masks"], cat_ids)
+            save_png(stem + "_masks.png", blend_instances(image, p["masks"], p["labels"]))
+        if "panoptic" in p:
+            ids, segments = p["panoptic"]["ids"], p["panoptic"]["segments"]
+            save_png(stem + "_panoptic.png", blend_panoptic(image, ids, segments))
+            panoptic.append(write_panoptic_prediction(
+                os.path.join(output_dir, "panoptic"), ids, segments, image_id, cat_ids,
+                os.path.basename(stem) + ".png"))
         maps = 0 if p["cross_attention"] is None else len(p["queries"])  # none: deformable
         for i in range(min(maps, opts.get("max_attention_maps", 10))):
             save_png(
@@ -150,6 +199,17 @@ def run(config, checkpoint: str, paths: list[str], output_dir: str, **opts) -> l
             )
     with open(os.path.join(output_dir, "detections.json"), "w") as f:
         json.dump(results, f)
+    if "segm" in masks:
+        with open(os.path.join(output_dir, "segmentations.json"), "w") as f:
+            json.dump(segm_results, f)
+    if "panoptic" in masks:
+        flags_ = is_thing or [True] * len(names)
+        cats = [{"id": int(i), "name": n, "isthing": int(t)}
+                for i, n, t in zip(cat_ids, names, flags_, strict=True)]
+        images = [{"id": a["image_id"], "file_name": os.path.basename(id_map[a["image_id"]])}
+                  for a in panoptic]
+        write_panoptic_json(os.path.join(output_dir, "panoptic.json"),
+                            panoptic_json(panoptic, images, cats))
     with open(os.path.join(output_dir, "images.json"), "w") as f:
         json.dump({str(k): v for k, v in id_map.items()}, f, indent=1)
     return results

@@ -301,6 +301,9 @@ def _train_and_evaluate(
             {"id": int(i), "name": str(n)}
             for i, n in zip(dataset.category_ids, dataset.class_names, strict=True)
         ]
+        if getattr(dataset, "is_thing", None) is not None:  # panoptic: things and stuff
+            for cat, thing in zip(categories, dataset.is_thing, strict=True):
+                cat["isthing"] = int(bool(thing))
         with fileio.open_file(os.path.join(workdir, "categories.json"), "w") as f:
             json.dump(categories, f, indent=1)
 

@@ -9,6 +9,7 @@ import os
 
 import flax
 import jax
+import numpy as np
 import pytest
 from test_deformable_configs import load
 
@@ -93,3 +94,24 @@ def test_panoptic_shapes_trains_and_scores_end_to_end(tmp_path):
     for a in pan["annotations"]:
         assert os.path.exists(tmp_path / "panoptic_predictions" / a["file_name"])
     assert (tmp_path / "eval_panoptic.png").exists()
+    cats = json.loads((tmp_path / "categories.json").read_text())
+    assert [c["isthing"] for c in cats] == [1] * 6 + [0] * 5
+
+    # The predict CLI on the workdir: masks as RLE, overlays, the COCO panoptic files.
+    from PIL import Image
+
+    from detr_jax.data import build_dataset
+    from detr_jax.ops.panoptic_ids import rgb_to_id
+    from detr_jax.predict import run
+
+    image = build_dataset(c).val_samples()[0]["image"]
+    Image.fromarray(image).save(tmp_path / "7.png")
+    out = tmp_path / "pred"
+    run(c, str(tmp_path), [str(tmp_path / "7.png")], str(out), score_threshold=0.0)
+    segm = json.loads((out / "segmentations.json").read_text())
+    assert segm and all(r["image_id"] == 7 and "counts" in r["segmentation"] for r in segm)
+    pan = json.loads((out / "panoptic.json").read_text())
+    ids = rgb_to_id(np.asarray(Image.open(out / "panoptic" / "7.png")))
+    assert ids.shape == image.shape[:2]
+    assert set(np.unique(ids)) - {0} == {s["id"] for s in pan["annotations"][0]["segments_info"]}
+    assert (out / "7_masks.png").exists() and (out / "7_panoptic.png").exists()
