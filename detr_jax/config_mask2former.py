@@ -29,7 +29,7 @@ def mask2former(c: ml_collections.ConfigDict, num_points: int = 12544
         dropout=0.0, num_groups=32, remat_sampling=False, sampling_chunk=0))
     m.transformer = ml_collections.ConfigDict(dict(  # models/transformers/mask2former.py
         name="mask2former", nheads=8, dec_layers=9, dim_feedforward=2048, dropout=0.0,
-        attention_impl="xla"))
+        attention_impl="xla", masked_attention=True))
     m.queries = ml_collections.ConfigDict(dict(  # models/queries/learned.py
         name="learned", num_queries=100, init_std=1.0, num_groups=1, with_content=True))
     m.heads = ml_collections.ConfigDict(dict(name="mask2former"))  # models/heads/mask2former.py

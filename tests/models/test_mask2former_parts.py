@@ -92,3 +92,25 @@ def test_forward_train_on_padded_images_gradients_and_boxes():
                 y0, y1 = 4 * ys.min(), min(4 * ys.max() + 4, h)
                 want = [(x0 + x1) / 2 / w, (y0 + y1) / 2 / h, (x1 - x0) / w, (y1 - y0) / h]
                 np.testing.assert_allclose(boxes[layer, b, i], want, rtol=1e-5)
+
+
+@pytest.mark.slow  # three eager applies of the model: 26 s on the shared 2-core CPU
+def test_masked_attention_off_equals_masks_that_block_nothing(monkeypatch):
+    """`masked_attention=False` is plain cross-attention: the same outputs as the masked decoder
+    whose masks let every query see every position, and not those of the real masks."""
+    import detr_jax.models.transformers.mask2former as m2f
+
+    on, off = tiny_mask2former(), tiny_mask2former()
+    off.model.transformer.masked_attention = False
+    model_on, model_off = build_model(on), build_model(off)
+    images = jax.random.normal(jax.random.PRNGKey(1), (2, 64, 64, 3))
+    pixel_mask = jnp.ones((2, 64, 64), bool)
+    variables = model_on.init(jax.random.PRNGKey(0), images, pixel_mask)
+    plain = model_off.apply(variables, images, pixel_mask)["pred_masks"]
+    masked = model_on.apply(variables, images, pixel_mask)["pred_masks"]
+    monkeypatch.setattr(m2f, "masked_attention_mask",
+                        lambda logits, size: jnp.ones(logits.shape[:2] + (size[0] * size[1],),
+                                                      bool))
+    open_masks = model_on.apply(variables, images, pixel_mask)["pred_masks"]
+    np.testing.assert_allclose(np.asarray(plain), np.asarray(open_masks), atol=1e-5)
+    assert np.abs(np.asarray(masked) - np.asarray(plain))[1:].max() > 1e-3

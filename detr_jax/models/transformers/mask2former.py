@@ -87,7 +87,10 @@ class Mask2FormerTransformer(nn.Module):
     Attributes:
       hidden_dim: D (set by the builder); nheads: attention heads; dim_feedforward: FFN width
       (2048); dropout: 0.0 in Mask2Former; attention_impl: "xla" | "dot_product" | "cudnn"
-      (transformers/layers.py); dtype: compute dtype (set by the builder).
+      (transformers/layers.py); dtype: compute dtype (set by the builder);
+      masked_attention: restrict each layer's cross-attention to the previous prediction's
+        masks (Mask2Former); False: plain cross-attention over the whole level (the ablation
+        of the Mask2Former paper, Table 4a), the rest unchanged.
     """
 
     hidden_dim: int = 256
@@ -97,6 +100,7 @@ class Mask2FormerTransformer(nn.Module):
     dropout: float = 0.0
     attention_impl: str = "xla"
     dtype: Any = None
+    masked_attention: bool = True
 
     def __post_init__(self) -> None:
         if self.attention_impl not in ATTENTION_CHOICES:
@@ -162,7 +166,8 @@ class Mask2FormerTransformer(nn.Module):
         y = tgt
         for i in range(self.dec_layers):
             lvl = i % len(shapes)
-            cross_mask = masked_attention_mask(masks[-1], shapes[lvl])
+            cross_mask = (masked_attention_mask(masks[-1], shapes[lvl]) if self.masked_attention
+                          else None)
             y = MaskedAttentionDecoderLayer(
                 d, self.nheads, self.dim_feedforward, self.dropout, self.dtype,
                 self.attention_impl, name=f"decoder_layers_{i}")(
