@@ -141,6 +141,10 @@ def base_config() -> ml_collections.ConfigDict:
     # What evaluation scores: "bbox" (COCO box AP), "segm" (COCO mask AP), "panoptic" (PQ, SQ,
     # RQ; the COCO panoptic files in the workdir). Mask ones need a mask head and data.with_masks.
     e.postprocessors = ("bbox",)
+    # Panoptic inference (MaskFormer's): queries need a class probability above the object
+    # threshold, and a segment keeps at least the overlap fraction of its own mask.
+    e.panoptic_object_threshold = 0.8
+    e.panoptic_overlap_threshold = 0.8
     e.annotations_file = ""  # coco: official instances_val2017.json (else GT built from tfds)
 
     s = c.shapes = ml_collections.ConfigDict()  # dataset="shapes" or "shapes_panoptic"

@@ -49,6 +49,10 @@ def _check_postprocessors(config: Any, need: Any) -> None:
     if any(n in names for n in known[1:]):
         need(bool(config.get("data", {}).get("with_masks", False)),
              f"eval.postprocessors={names!r} scores masks: set data.with_masks=True")
+    for field in ("panoptic_object_threshold", "panoptic_overlap_threshold"):
+        value = config.eval.get(field, 0.8)
+        need(isinstance(value, int | float) and 0 <= value <= 1,
+             f"eval.{field}={value!r} must be a number in [0, 1]")
     if "panoptic" in names:
         need(config.dataset in ("shapes_panoptic", "coco", "custom"),
              f"eval.postprocessors has 'panoptic' but dataset={config.dataset!r} has no "

@@ -62,6 +62,7 @@ def make_predict_fn(
     top_k: int,
     postprocessors: Sequence[str] = ("bbox",),
     intermediates: bool = False,
+    options: dict[str, dict[str, Any]] | None = None,
 ) -> PredictFn:
     """A pure `predict_fn(variables, batch) -> (predictions, outputs)` (jit it yourself).
 
@@ -75,6 +76,8 @@ def make_predict_fn(
         "segm" / "panoptic" (evaluation/postprocess_masks.py) also read the last layer's
         `pred_masks` and the batch's `pixel_mask`.
       intermediates: also return the sown intermediates (attention weights).
+      options: {postprocessor name: keyword settings}, e.g. {"panoptic":
+        {"object_mask_threshold": 0.8}} (`eval.panoptic_object_threshold`).
 
     `variables`: {"params": ..., "batch_stats": ... (only when the backbone has any)}.
     `batch`: `image` float32 [B, H, W, 3] ImageNet-normalised, zero padding; `pixel_mask` bool
@@ -94,7 +97,8 @@ def make_predict_fn(
     unknown = [n for n in postprocessors if n not in registry]
     if unknown:
         raise ValueError(f"unknown postprocessors {unknown}; choose from {list(registry)}")
-    fns = {n: registry[n] for n in postprocessors}
+    options = dict(options or {})
+    fns = {n: partial(registry[n], **options.get(n, {})) for n in postprocessors}
 
     def predict_fn(variables: dict, batch: dict) -> tuple[dict, dict]:
         if intermediates:
@@ -197,17 +201,22 @@ class Predictor:
         top_k: int | None = None,
         masks: Sequence[str] = (),
         is_thing: Sequence[bool] | None = None,
+        object_threshold: float = 0.8,
+        overlap_threshold: float = 0.8,
     ):
         """`top_k`: detections ranked before the score threshold (default: every query).
         `masks`: mask outputs for models with a mask head, "segm" (each kept detection's mask)
-        and / or "panoptic" (the panoptic map; `is_thing` per class, default all things)."""
+        and / or "panoptic" (the panoptic map; `is_thing` per class, default all things; the
+        thresholds as `eval.panoptic_object_threshold` / `_overlap_threshold`)."""
         self.model, self.variables = model, variables
         top_k = int(model.queries.num_queries) if top_k is None else int(top_k)
         self.masks = tuple(masks)
         self.is_thing = None if is_thing is None else tuple(bool(t) for t in is_thing)
+        self.overlap_threshold = float(overlap_threshold)
         self._predict = jax.jit(
             make_predict_fn(model, top_k=top_k, intermediates=True,
-                            postprocessors=("bbox", *self.masks)),
+                            postprocessors=("bbox", *self.masks),
+                            options={"panoptic": {"object_mask_threshold": object_threshold}}),
             compiler_options=step_compiler_options(xla_cpu_ynnpack),
         )
 
@@ -297,5 +306,6 @@ class Predictor:
             dense = {k: np.asarray(v)[0] for k, v in jax.device_get(
                 predictions["panoptic"]).items()}
             n = int(self.model.heads.num_classes)
-            out["panoptic"] = panoptic_segments(dense, orig_hw, self.is_thing or (True,) * n)
+            out["panoptic"] = panoptic_segments(dense, orig_hw, self.is_thing or (True,) * n,
+                                                self.overlap_threshold)
         return out

@@ -139,8 +139,10 @@ def run(config, checkpoint: str, paths: list[str], output_dir: str, **opts) -> l
     names, cat_ids = class_info(config, opts.get("class_names"), checkpoint)
     model, variables = load_for_inference(config, checkpoint)
     masks, is_thing = mask_outputs(config), thing_flags(config, checkpoint)
-    predictor = Predictor(model, variables, config.get("xla_cpu_ynnpack", False), masks=masks,
-                          is_thing=is_thing)
+    predictor = Predictor(
+        model, variables, config.get("xla_cpu_ynnpack", False), masks=masks, is_thing=is_thing,
+        object_threshold=config.eval.get("panoptic_object_threshold", 0.8),
+        overlap_threshold=config.eval.get("panoptic_overlap_threshold", 0.8))
     threshold = opts.get("score_threshold", 0.5)
     point = opts.get("point")
     default_min, default_max = eval_resize(config)  # resize as this config's evaluation does

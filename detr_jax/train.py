@@ -236,7 +236,9 @@ def make_steps(config, model, tx, schedule, mesh, state):
             eval_step,
             predict_fn=make_predict_fn(
                 model, top_k=eval_top_k(config, model),
-                postprocessors=tuple(config.eval.get("postprocessors", ("bbox",)))),
+                postprocessors=tuple(config.eval.get("postprocessors", ("bbox",))),
+                options={"panoptic": {"object_mask_threshold": float(
+                    config.eval.get("panoptic_object_threshold", 0.8))}}),
             criterion=criterion,
         ),
         in_shardings=(state_sharding, data_sharding),

@@ -62,6 +62,7 @@ class Evaluator:
             self.samples, dataset.category_ids, dataset.class_names)
         names = tuple(config.eval.get("postprocessors", ("bbox",)))
         self.masks = (MaskScoring(names, dataset, self.samples, self.gt,
+                                  config.eval.get("panoptic_overlap_threshold", 0.8),
                                   num_keep=config.eval.num_images_to_draw)
                       if any(n in names for n in ("segm", "panoptic")) else None)
         if config.eval.batch_size % jax.process_count():
