@@ -71,6 +71,10 @@ def test_mask_postprocessors_need_masks_in_the_data():
     c.eval.postprocessors = ("segm",)
     with pytest.raises(ConfigError, match="start with 'bbox'"):
         validate_config(c, 1)
+    p = load("shapes_panoptic", "")
+    p.eval.panoptic_object_threshold = 1.5
+    with pytest.raises(ConfigError, match="eval.panoptic_object_threshold=1.5"):
+        validate_config(p, 1)
 
 
 @pytest.mark.slow  # compiles a Mask2Former train step and its eval step (~1 min on 2 cores)

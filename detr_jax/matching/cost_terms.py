@@ -143,6 +143,15 @@ def sampled_masks(pred_masks: jnp.ndarray, gt_masks: jnp.ndarray, rng: jax.Array
     return point_sample(pred, points * scale), point_sample(gt, points)
 
 
+def _pairwise_point_mean(pos: jnp.ndarray, neg: jnp.ndarray, t: jnp.ndarray) -> jnp.ndarray:
+    """Per-point losses against 1 (`pos`) and 0 (`neg`) [B, Q, P], targets `t` [B, G, P] ->
+    their mean over the points for every (query, target) pair [B, Q, G]."""
+    highest = jax.lax.Precision.HIGHEST
+    n = pos.shape[-1]
+    return (jnp.einsum("bqp,bgp->bqg", pos / n, t, precision=highest)
+            + jnp.einsum("bqp,bgp->bqg", neg / n, 1.0 - t, precision=highest))
+
+
 def mask_cost(
     pred_logits: jnp.ndarray,
     pred_boxes: jnp.ndarray,
@@ -159,11 +168,7 @@ def mask_cost(
     ``(softplus(-x) @ t + softplus(x) @ (1 - t)) / P`` -> [B, Q, G] float32."""
     del pred_logits, pred_boxes, gt_labels, gt_boxes
     x, t = sampled_masks(pred_masks, gt_masks, rng, num_points)
-    pos = jax.nn.softplus(-x) / x.shape[-1]  # BCE against 1
-    neg = jax.nn.softplus(x) / x.shape[-1]  # BCE against 0
-    highest = jax.lax.Precision.HIGHEST
-    return (jnp.einsum("bqp,bgp->bqg", pos, t, precision=highest)
-            + jnp.einsum("bqp,bgp->bqg", neg, 1.0 - t, precision=highest))
+    return _pairwise_point_mean(jax.nn.softplus(-x), jax.nn.softplus(x), t)  # BCE vs 1 / 0
 
 
 def mask_focal_cost(
@@ -187,11 +192,8 @@ def mask_focal_cost(
     del pred_logits, pred_boxes, gt_labels, gt_boxes
     x, t = sampled_masks(pred_masks, gt_masks, rng, num_points)
     p = jax.nn.sigmoid(x)
-    pos = alpha * (1.0 - p) ** gamma * jax.nn.softplus(-x) / x.shape[-1]
-    neg = (1.0 - alpha) * p ** gamma * jax.nn.softplus(x) / x.shape[-1]
-    highest = jax.lax.Precision.HIGHEST
-    return (jnp.einsum("bqp,bgp->bqg", pos, t, precision=highest)
-            + jnp.einsum("bqp,bgp->bqg", neg, 1.0 - t, precision=highest))
+    return _pairwise_point_mean(alpha * (1.0 - p) ** gamma * jax.nn.softplus(-x),
+                                (1.0 - alpha) * p ** gamma * jax.nn.softplus(x), t)
 
 
 def dice_cost(
