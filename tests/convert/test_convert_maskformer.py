@@ -20,6 +20,7 @@ from detr_jax.inference import load_for_inference, make_predict_fn  # noqa: E402
 from detr_jax.pretrained import load_params_checkpoint  # noqa: E402
 
 
+@pytest.mark.slow  # 9 s on a loaded 2-core run; the parity tests cover the path
 def test_hf_directory_through_the_cli(tmp_path):
     """The CLI reads model_type and the decoder's heads (4, not the default 8) from
     config.json; the checkpoint's model predicts HF's logits and masks."""

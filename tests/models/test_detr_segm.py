@@ -56,6 +56,7 @@ def test_a_detection_checkpoint_loads_into_detr_segm_and_only_the_mask_head_is_n
         np.testing.assert_array_equal(np.asarray(flat[k]), np.asarray(want), err_msg=k)
 
 
+@pytest.mark.slow  # 11 s loaded; test_segmentation_configs checks the freeze labels by default
 def test_freeze_detector_trains_exactly_the_mask_head():
     """The original's recipe (DETRsegm(freeze_detr=True)): after one AdamW step with weight
     decay every parameter but `bbox_attention/*` and `mask_head/*` is unchanged."""
@@ -102,6 +103,7 @@ def _head_inputs(b=2, q=6, d=32, h=4, w=5, seed=0):
     return decoded, memory
 
 
+@pytest.mark.slow  # 9 s on a loaded 2-core run (a second compile in bfloat16)
 def test_bfloat16_compute_gives_float32_masks_close_to_float32():
     decoded, memory = _head_inputs()
     heads = {dt: DetrSegmHeads(num_classes=5, hidden_dim=32, nheads=8, dtype=dt)

@@ -67,6 +67,7 @@ def test_boxes_carry_no_gradient():
     assert all(float(jnp.abs(x).max()) == 0 for x in jax.tree_util.tree_leaves(grads))
 
 
+@pytest.mark.slow  # 12 s on a loaded 2-core run; the parity tests cover the path
 def test_padding_reaches_the_decoder_only_with_mask_padding():
     """As the original (and HF), the default ignores the padding: the same canvas gives the
     same logits and masks whatever the pixel mask; `mask_padding=True` masks the keys."""
