@@ -299,15 +299,8 @@ def _train_and_evaluate(
         with fileio.open_file(os.path.join(workdir, "config.json"), "w") as f:
             f.write(config_json)
         # Label -> (COCO category id, name), read by detr_jax.predict for this workdir's weights.
-        categories = [
-            {"id": int(i), "name": str(n)}
-            for i, n in zip(dataset.category_ids, dataset.class_names, strict=True)
-        ]
-        if getattr(dataset, "is_thing", None) is not None:  # panoptic: things and stuff
-            for cat, thing in zip(categories, dataset.is_thing, strict=True):
-                cat["isthing"] = int(bool(thing))
         with fileio.open_file(os.path.join(workdir, "categories.json"), "w") as f:
-            json.dump(categories, f, indent=1)
+            json.dump(data.category_records(dataset), f, indent=1)
 
     writer = MetricWriter(workdir, use_tensorboard=config.use_tensorboard)
     evaluator = Evaluator(config, dataset, p_eval, data_sharding, workdir, writer)

@@ -120,6 +120,17 @@ def _build_coco(config: Any) -> Any:
     )
 
 
+def category_records(dataset: Any) -> list[dict]:
+    """{`id` (the dataset's category id), `name`} per contiguous label, with `isthing` for
+    panoptic datasets (those with `is_thing` per class): the workdir's `categories.json`."""
+    records = [{"id": int(i), "name": str(n)}
+               for i, n in zip(dataset.category_ids, dataset.class_names, strict=True)]
+    if getattr(dataset, "is_thing", None) is not None:
+        for record, thing in zip(records, dataset.is_thing, strict=True):
+            record["isthing"] = int(bool(thing))
+    return records
+
+
 def train_batches(
     dataset: Any,
     *,
