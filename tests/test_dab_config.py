@@ -12,6 +12,7 @@ import flax
 import jax
 import jax.numpy as jnp
 import numpy as np
+import pytest
 from conftest import tiny_config
 
 from detr_jax import optim, train
@@ -55,6 +56,7 @@ def tiny_dab():
     return c
 
 
+@pytest.mark.slow  # 30 s alone on 2 cores (2026-12-02; default budget 6 min)
 def test_tiny_dab_train_step():
     config = tiny_dab()
     assert model_problems(config) == [] and loss_problems(config) == []

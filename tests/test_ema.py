@@ -58,6 +58,7 @@ def steps():
     return config, fresh, p_train, p_eval
 
 
+@pytest.mark.slow  # 35 s alone on 2 cores (2026-12-02; default budget 6 min)
 def test_ema_after_n_steps_equals_the_recursion_by_hand(steps):
     config, fresh, p_train, _ = steps
     state = fresh()

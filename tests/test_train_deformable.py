@@ -40,6 +40,7 @@ def trained(tmp_path_factory):
     return config, workdir, train.train_and_evaluate(config, workdir)
 
 
+@pytest.mark.slow  # 46 (its fixture) s alone on 2 cores (2026-12-02; default budget 6 min)
 def test_trains_and_evaluates(trained):
     config, workdir, final = trained
     assert {"AP", "AP50", "APs"} <= set(final)
@@ -54,6 +55,7 @@ def test_trains_and_evaluates(trained):
     assert max(per_image.values()) == 30  # eval.top_k pairs, more than the queries
 
 
+@pytest.mark.slow  # the fixture is 46 s alone on 2 cores (2026-12-02; default budget 6 min)
 def test_predict_cli_on_the_workdir(trained, tmp_path):
     config, workdir, _ = trained
     ds = ShapesDataset(SHAPES_SPECS["standard"], seed=0, num_val=2)

@@ -53,6 +53,7 @@ def test_eval_results_ap_equals_pycocotools_recomputed(cli_run):
     assert {p["category_id"] for p in preds} <= {c["id"] for c in gt.dataset["categories"]}
 
 
+@pytest.mark.slow  # 46 (its fixture) s alone on 2 cores (2026-12-02; default budget 6 min)
 def test_cli_resume_continues_from_checkpoint(cli_run):
     workdir, proc = cli_run
     metrics = [json.loads(line) for line in open(os.path.join(workdir, "metrics.jsonl"))]

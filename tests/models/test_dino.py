@@ -45,6 +45,7 @@ def _train_apply(model, variables, images, mask, targets, seed=1):
     return out
 
 
+@pytest.mark.slow  # 69 with its fixture s alone on 2 cores (2026-12-02; default budget 6 min)
 def test_training_outputs_split_denoising_and_groups(dino):
     config, model, variables = dino
     images, mask, targets = inputs()
@@ -92,8 +93,8 @@ def test_groups_do_not_see_each_other(dino):
     assert np.abs(np.asarray(a["pred_logits"][:, :, 6:] - b["pred_logits"][:, :, 6:])).max() > 1e-4
 
 
-@pytest.mark.parametrize("look_forward_twice", [
-    True, pytest.param(False, marks=pytest.mark.slow)])
+@pytest.mark.slow  # 42 s alone on 2 cores (2026-12-02); the default budget is 6 min
+@pytest.mark.parametrize("look_forward_twice", [True, False])
 def test_look_forward_twice_reaches_the_previous_box_head(look_forward_twice):
     config = tiny_dino(look_forward_twice=look_forward_twice, share_heads=False)
     model = build_model(config)
