@@ -103,6 +103,7 @@ def test_remat_sampling_keeps_loss_and_gradients():
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-7)
 
 
+@pytest.mark.slow  # 11 s alone on 2 cores (2026-12-02; default budget 6 min)
 def test_bfloat16_runs_finite():
     c = tiny("refine")
     c.model.dtype = "bfloat16"
@@ -133,6 +134,7 @@ def test_part_combinations_are_checked_at_start_up():
     assert model_problems(tiny("plain")) == [] and loss_problems(tiny("plain")) == []
 
 
+@pytest.mark.slow  # 20 s alone on 2 cores (2026-12-02; default budget 6 min)
 def test_group_queries_one_to_many_in_training_only():
     """Group DETR groups on the one-stage deformable decoder: K * Q queries in training, each
     group blind to the others (group 0 then predicts exactly as in inference), Q in eval."""

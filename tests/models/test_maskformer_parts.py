@@ -41,6 +41,7 @@ def _batch(canvas=(101, 123), real=(70, 90)):
     return images, mask
 
 
+@pytest.mark.slow  # 12 s alone on 2 cores (2026-12-02; default budget 6 min)
 def test_outputs_at_stride_4():
     model = build_model(maskformer_config())
     variables = init(model)

@@ -103,6 +103,7 @@ def _batch(config):
     return {k: jnp.asarray(v) for k, v in batch.items()}
 
 
+@pytest.mark.slow  # 16 s alone on 2 cores (2026-12-02; default budget 6 min)
 def test_a_toy_backbone_selected_by_config_trains_in_a_jitted_train_step(toy_backbone):
     config = tiny_config(**{"model.backbone": {"name": toy_backbone, "channels": 8},
                             "optim.weight_decay": 0.0})  # a param moves only with its gradient
