@@ -34,32 +34,13 @@ import jax
 import jax.numpy as jnp
 
 from detr_jax.models.backbones.base import Feature, resize_mask_nearest
+from detr_jax.models.necks.multi_scale import ConvNorm
 from detr_jax.models.necks.single_level import SingleLevelNeck
 from detr_jax.models.position_encoding import sine_position_embedding
 from detr_jax.models.transformers.detr import EncoderLayer
 
 LEVELS = ("C2", "C3", "C4", "C5")
 _xavier = nn.initializers.xavier_uniform()
-
-
-class ConvNorm(nn.Module):
-    """k x k conv (no bias, torch padding k // 2) + GroupNorm, then ReLU when `relu`:
-    [B, h, w, C] -> [B, h, w, features]."""
-
-    features: int
-    kernel: int = 3
-    relu: bool = True
-    num_groups: int = 32
-    dtype: Any = None
-
-    @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        pad = self.kernel // 2
-        x = nn.Conv(self.features, (self.kernel, self.kernel), padding=((pad, pad), (pad, pad)),
-                    use_bias=False, kernel_init=_xavier, dtype=self.dtype, name="conv")(x)
-        x = nn.GroupNorm(num_groups=self.num_groups, epsilon=1e-5, use_fast_variance=False,
-                         dtype=self.dtype, name="norm")(x)
-        return nn.relu(x) if self.relu else x
 
 
 class FPNPixelDecoder(nn.Module):

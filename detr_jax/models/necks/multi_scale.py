@@ -45,6 +45,29 @@ class InputProjection(nn.Module):
                             name="norm")(x)
 
 
+class ConvNorm(nn.Module):
+    """k x k conv (no bias, torch padding k // 2) + GroupNorm (two-pass variance), then ReLU
+    when `relu`: [B, h, w, C] -> [B, h, w, features]; params `conv/kernel`, `norm/{scale,bias}`
+    (the FPN steps of MaskFormer's and Mask2Former's pixel decoders)."""
+
+    features: int
+    kernel: int = 3
+    relu: bool = True
+    num_groups: int = 32
+    dtype: Any = None
+    kernel_init: Any = _xavier
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        pad = self.kernel // 2
+        x = nn.Conv(self.features, (self.kernel, self.kernel), padding=((pad, pad), (pad, pad)),
+                    use_bias=False, kernel_init=self.kernel_init, dtype=self.dtype,
+                    name="conv")(x)
+        x = nn.GroupNorm(num_groups=self.num_groups, epsilon=1e-5, use_fast_variance=False,
+                         dtype=self.dtype, name="norm")(x)
+        return nn.relu(x) if self.relu else x
+
+
 def valid_counts(mask: jax.Array) -> jax.Array:
     """mask bool [B, h, w] (True on real positions, image at the top-left) -> float32 [B, 2]:
     the real (width, height), read off the first row and column as the original.

@@ -35,31 +35,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from detr_jax.models.backbones.base import Feature
-from detr_jax.models.necks.multi_scale import InputProjection
+from detr_jax.models.necks.multi_scale import ConvNorm, InputProjection
 from detr_jax.models.position_encoding import sine_position_embedding
 from detr_jax.ops.interpolate import resize_bilinear
 
 # detectron2's c2_xavier_fill (kaiming uniform, a = 1), the original's FPN convolutions.
 _c2_xavier = nn.initializers.variance_scaling(1.0, "fan_in", "uniform")
-
-
-class _ConvNorm(nn.Module):
-    """conv (k x k, stride 1, no bias) + GroupNorm (+ ReLU): `conv/kernel`, `norm/{scale,bias}`."""
-
-    features: int
-    kernel: int
-    num_groups: int
-    relu: bool = False
-    dtype: Any = None
-
-    @nn.compact
-    def __call__(self, x: jax.Array) -> jax.Array:
-        pad = self.kernel // 2
-        x = nn.Conv(self.features, (self.kernel, self.kernel), padding=((pad, pad), (pad, pad)),
-                    use_bias=False, kernel_init=_c2_xavier, dtype=self.dtype, name="conv")(x)
-        x = nn.GroupNorm(num_groups=self.num_groups, epsilon=1e-5, dtype=self.dtype,
-                         name="norm")(x)
-        return nn.relu(x) if self.relu else x
 
 
 def _canvas_sine(b: int, h: int, w: int, d: int) -> jax.Array:
@@ -117,11 +98,12 @@ class PixelDecoder(nn.Module):
                 for s, (h, w) in zip(starts, shapes, strict=True)]
         y = outs[-1]  # the finest encoder level
         for k in range(len(fpn_names), 0, -1):  # coarse to fine; k = 1 is the finest
-            lateral = _ConvNorm(d, 1, self.num_groups, dtype=self.dtype,
-                                name=f"adapter_{k}")(feats[fpn_names[k - 1]].features)
+            lateral = ConvNorm(d, 1, relu=False, num_groups=self.num_groups, dtype=self.dtype,
+                               kernel_init=_c2_xavier, name=f"adapter_{k}")(
+                                   feats[fpn_names[k - 1]].features)
             y = lateral + resize_bilinear(y, lateral.shape[1:3], axes=(1, 2)).astype(lateral.dtype)
-            y = _ConvNorm(d, 3, self.num_groups, relu=True, dtype=self.dtype,
-                          name=f"layer_{k}")(y)
+            y = ConvNorm(d, 3, relu=True, num_groups=self.num_groups, dtype=self.dtype,
+                         kernel_init=_c2_xavier, name=f"layer_{k}")(y)
         mask_features = nn.Conv(self.mask_dim, (1, 1), kernel_init=_c2_xavier,
                                 bias_init=nn.initializers.zeros, dtype=self.dtype,
                                 name="mask_projection")(y)
