@@ -143,6 +143,29 @@ def categories_of(
     return ids, tuple(names.get(i, "N/A") for i in ids), {cid: cid for cid in names}
 
 
+def read_images(path: str, data: dict, image_dir: str, check_files: bool = True
+                ) -> dict[int, dict]:
+    """The file's `images` section checked: {image id: the record plus `_path` (its file
+    under `image_dir`)}. Raises DataError naming the record (a missing key, a repeated id, a
+    size <= 0, with `check_files` a missing file)."""
+    images: dict[int, dict] = {}
+    for i, im in enumerate(data["images"]):
+        _need(path, f"images[{i}]", im, _IMAGE_KEYS)
+        iid = _int(path, f"images[{i}]", im, "id")
+        if iid in images:
+            raise DataError(f"{path}: images[{i}] repeats image id {iid}")
+        width = _int(path, f"images[{i}]", im, "width")
+        height = _int(path, f"images[{i}]", im, "height")
+        if width <= 0 or height <= 0:
+            raise DataError(f"{path}: images[{i}] (id={iid}) has size "
+                            f"{im['width']}x{im['height']}")
+        file_path = os.path.join(image_dir, str(im["file_name"]))
+        if check_files and not os.path.isfile(file_path):
+            raise DataError(f"{path}: images[{i}] (id={iid}) file not found: {file_path}")
+        images[iid] = dict(im, _path=file_path)
+    return images
+
+
 def load_coco_json(
     ann_path: str,
     image_dir: str,
@@ -166,21 +189,7 @@ def load_coco_json(
     declared = {_int(ann_path, f"categories[{i}]", c, "id")
                 for i, c in enumerate(data["categories"]) if isinstance(c, dict) and "id" in c}
 
-    images: dict[int, dict] = {}
-    for i, im in enumerate(data["images"]):
-        _need(ann_path, f"images[{i}]", im, _IMAGE_KEYS)
-        iid = _int(ann_path, f"images[{i}]", im, "id")
-        if iid in images:
-            raise DataError(f"{ann_path}: images[{i}] repeats image id {iid}")
-        width = _int(ann_path, f"images[{i}]", im, "width")
-        height = _int(ann_path, f"images[{i}]", im, "height")
-        if width <= 0 or height <= 0:
-            raise DataError(f"{ann_path}: images[{i}] (id={iid}) has size "
-                            f"{im['width']}x{im['height']}")
-        file_path = os.path.join(image_dir, str(im["file_name"]))
-        if check_files and not os.path.isfile(file_path):
-            raise DataError(f"{ann_path}: images[{i}] (id={iid}) file not found: {file_path}")
-        images[iid] = dict(im, _path=file_path)
+    images = read_images(ann_path, data, image_dir, check_files)
 
     counts = {"degenerate": 0, "clipped": 0, "crowd": 0}
     if with_masks:

@@ -29,12 +29,11 @@ from dataclasses import dataclass, field
 import numpy as np
 from PIL import Image
 
-from detr_jax.data.coco_json import DataError, _int, _need, _read_json
+from detr_jax.data.coco_json import DataError, _int, _need, _read_json, read_images
 from detr_jax.data.image_io import load_rgb
 from detr_jax.ops.panoptic_ids import rgb_to_id
 
 _log = logging.getLogger(__name__)
-_IMAGE_KEYS = ("id", "file_name", "width", "height")
 _ANN_KEYS = ("image_id", "file_name", "segments_info")
 _CAT_KEYS = ("id", "name", "isthing")
 
@@ -96,20 +95,7 @@ def load_coco_panoptic(
     if categories is None:
         categories = panoptic_categories_of(json_path, data)
     category_ids, class_names, is_thing, label_of = categories
-    images: dict[int, dict] = {}
-    for i, im in enumerate(data["images"]):
-        _need(json_path, f"images[{i}]", im, _IMAGE_KEYS)
-        iid = _int(json_path, f"images[{i}]", im, "id")
-        if iid in images:
-            raise DataError(f"{json_path}: images[{i}] repeats image id {iid}")
-        width = _int(json_path, f"images[{i}]", im, "width")
-        height = _int(json_path, f"images[{i}]", im, "height")
-        if width <= 0 or height <= 0:
-            raise DataError(f"{json_path}: images[{i}] (id={iid}) has size {width}x{height}")
-        file_path = os.path.join(image_dir, str(im["file_name"]))
-        if check_files and not os.path.isfile(file_path):
-            raise DataError(f"{json_path}: images[{i}] (id={iid}) file not found: {file_path}")
-        images[iid] = dict(im, _path=file_path)
+    images = read_images(json_path, data, image_dir, check_files)
 
     records: dict[int, PanopticRecord] = {}
     for i, a in enumerate(data["annotations"]):
