@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import numpy as np
 
+from detr_jax.ops.interpolate import bilinear_taps
+
 
 def _check(x: np.ndarray, size: tuple[int, int]) -> tuple[int, int]:
     if x.ndim < 2:
@@ -21,21 +23,13 @@ def _check(x: np.ndarray, size: tuple[int, int]) -> tuple[int, int]:
     return out_h, out_w
 
 
-def _linear_taps(n_in: int, n_out: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    src = np.maximum((np.arange(n_out) + 0.5) * (n_in / n_out) - 0.5, 0.0)
-    lo = np.minimum(np.floor(src).astype(np.int64), n_in - 1)
-    hi = np.minimum(lo + 1, n_in - 1)
-    frac = (src - lo).astype(np.float32)
-    return lo, hi, frac
-
-
 def resize_bilinear(x: np.ndarray, size: tuple[int, int]) -> np.ndarray:
     """float [..., H, W] -> float32 [..., h, w] (``size = (h, w)``), bilinear as described above."""
     x = np.asarray(x, np.float32)
     out_h, out_w = _check(x, size)
-    lo, hi, f = _linear_taps(x.shape[-2], out_h)
+    lo, hi, f = bilinear_taps(x.shape[-2], out_h)
     x = x[..., lo, :] * (1 - f)[:, None] + x[..., hi, :] * f[:, None]
-    lo, hi, f = _linear_taps(x.shape[-1], out_w)
+    lo, hi, f = bilinear_taps(x.shape[-1], out_w)
     return x[..., lo] * (1 - f) + x[..., hi] * f
 
 
